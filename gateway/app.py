@@ -1,0 +1,53 @@
+"""The Ray Serve application: one plain deployment class in front of the HTTP surface.
+
+Configuration arrives as `user_config` (the parsed gateway YAML), so a config change
+is a `reconfigure` call on live replicas, not a redeploy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .config import GatewayConfig, parse_config
+from .errors import GatewayError
+from .http import HttpFront, error_response
+from .pipeline import Pipeline
+from .pool_client import HttpxTransport
+
+
+@serve.deployment(
+    name="tiergate",
+    max_ongoing_requests=256,
+    ray_actor_options={"num_cpus": 0},
+)
+class Gateway:
+    def __init__(self) -> None:
+        self._front: HttpFront | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = parse_config(user_config, "user_config")
+        previous, self._front = self._front, HttpFront(Pipeline(config, HttpxTransport(config.pools)))
+        if previous is not None:
+            await previous.pipeline.close()
+
+    async def __call__(self, request: Request) -> Response:
+        if self._front is None:
+            return error_response(GatewayError(503, "NotConfigured", "gateway has no config yet"), "-")
+        return await self._front.handle(request)
+
+
+def build(config: GatewayConfig):
+    """The bound application for `serve.run`, carrying the config as user_config."""
+    return Gateway.options(
+        num_replicas=config.replicas,
+        user_config=config.model_dump(mode="json"),
+    ).bind()
+
+
+def app_builder(args: dict[str, Any]):
+    """Entry point for Ray Serve config files (`import_path: gateway.app:app_builder`)."""
+    return build(parse_config(args.get("config", args), "serve application args"))

@@ -1,0 +1,94 @@
+"""`tiergate`: run the local stack, inspect it, build model artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .stack import StackError, read_status, run_supervisor, start_detached, stop_stack
+
+DEFAULT_STATE_DIR = Path(".tiergate")
+
+
+def default_config() -> Path:
+    return Path(str(resources.files("gateway").joinpath("tiergate.yaml")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tiergate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the pools and the gateway")
+    up.add_argument("--config", type=Path, default=None, help="gateway YAML (default: the bundled local stack)")
+    up.add_argument("--detach", action="store_true", help="return once ready; stop later with `tiergate down`")
+    _state_dir(up)
+
+    down = commands.add_parser("down", help="stop everything `tiergate up` started")
+    _state_dir(down)
+
+    status = commands.add_parser("status", help="show the running stack")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _state_dir(status)
+
+    build = commands.add_parser("build-models", help="build the model artifacts (MARs)")
+    build.add_argument("--config", type=Path, default=None)
+
+    check = commands.add_parser("check-config", help="validate a gateway YAML file")
+    check.add_argument("config", type=Path)
+
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, StackError) as exc:
+        print(f"tiergate: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "up":
+        config_path = args.config or default_config()
+        load_config(config_path)  # fail on a bad file before starting anything
+        if args.detach:
+            state = start_detached(config_path, args.state_dir)
+            print(f"tiergate ready in {state['ready_after_s']}s at {state['gateway_url']}")
+            return 0
+        return run_supervisor(config_path, args.state_dir, announce=lambda line: print(line, flush=True))
+    if args.command == "down":
+        stopped = stop_stack(args.state_dir)
+        print("stopped" if stopped else "nothing running")
+        return 0
+    if args.command == "status":
+        state = read_status(args.state_dir)
+        if args.json:
+            print(json.dumps(state, indent=2))
+        else:
+            _print_status(state)
+        return 0 if state["state"] != "stopped" else 3
+    if args.command == "build-models":
+        from .stack import build_artifacts
+
+        build_artifacts(load_config(args.config or default_config()))
+        return 0
+    if args.command == "check-config":
+        config = load_config(args.config)
+        print(f"{args.config}: ok ({len(config.tiers)} tiers, {len(config.pools)} pools)")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where the running stack is recorded")
+
+
+def _print_status(state: dict) -> None:
+    print(f"gateway: {state.get('gateway_url', '-')} ({state['state']})")
+    for pool in state["pools"]:
+        print(f"  pool {pool['name']}: {pool['inference_url']} backend={pool['backend']} pid={pool['pid']} {pool['state']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

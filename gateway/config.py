@@ -1,0 +1,138 @@
+"""The one typed configuration of a tiergate deployment, loaded from one YAML file.
+
+Everything the gateway does is decided here: which tiers exist, which pools serve
+them and in what order, and the limits that protect the pools. The same file drives
+the local stack (`tiergate up`) and the Kubernetes manifests (`tiergate render-k8s`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and each bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalLaunch(_Strict):
+    """How `tiergate up` starts this pool as a local TorchServe process."""
+
+    variant: Literal["int8", "gpu", "fp32"]
+    inference_port: int = Field(ge=1, le=65535)
+    management_port: int = Field(ge=1, le=65535)
+    metrics_port: int = Field(ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=16)
+    batch_size: int = Field(default=1, ge=1, le=256)
+    max_batch_delay_ms: int = Field(default=5, ge=0, le=10_000)
+    queue_size: int = Field(default=64, ge=1)
+
+
+class PoolConfig(_Strict):
+    """A TorchServe pool the gateway sends inference to."""
+
+    url: str = Field(description="inference API base URL, e.g. http://127.0.0.1:8080")
+    metrics_url: str | None = Field(default=None, description="TorchServe metrics endpoint")
+    auth_token_file: Path | None = Field(
+        default=None, description="file holding TorchServe's inference token (production)"
+    )
+    max_concurrency: int = Field(default=8, ge=1, description="calls in flight to this pool")
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    local: LocalLaunch | None = None
+
+    @field_validator("url", "metrics_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/") if value else value
+
+
+class TierConfig(_Strict):
+    """An SLA tier: where its traffic goes and how long it may take."""
+
+    pools: list[str] = Field(min_length=1, description="primary first, spillover after")
+    priority: int = Field(default=0, description="higher is served first under overload")
+    deadline_ms: int = Field(default=10_000, ge=1, le=600_000)
+
+
+class GatewayConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    tier_header: str = "X-SLA-Tier"
+    default_tier: str = "standard"
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    models: list[str] = Field(default_factory=lambda: ["resnet18"], min_length=1)
+    artifacts_dir: Path = Path("artifacts")
+    replicas: int = Field(default=1, ge=1, le=64)
+    pools: dict[str, PoolConfig] = Field(min_length=1)
+    tiers: dict[str, TierConfig] = Field(min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not NAME.match(name):
+                raise ValueError(f"model name {name!r} must match {NAME.pattern}")
+        return names
+
+    @field_validator("tiers", "pools")
+    @classmethod
+    def _keys_are_names(cls, entries: dict[str, Any]) -> dict[str, Any]:
+        for key in entries:
+            if not NAME.match(key):
+                raise ValueError(f"name {key!r} must match {NAME.pattern}")
+        return entries
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> GatewayConfig:
+        if self.default_tier not in self.tiers:
+            raise ValueError(
+                f"default_tier {self.default_tier!r} is not one of the tiers {sorted(self.tiers)}"
+            )
+        for tier_name, tier in self.tiers.items():
+            for pool in tier.pools:
+                if pool not in self.pools:
+                    raise ValueError(
+                        f"tier {tier_name!r} names pool {pool!r}, not one of {sorted(self.pools)}"
+                    )
+            if len(set(tier.pools)) != len(tier.pools):
+                raise ValueError(f"tier {tier_name!r} lists a pool twice: {tier.pools}")
+        return self
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    """Validate a mapping (from YAML or Ray Serve's user_config) into a GatewayConfig."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))

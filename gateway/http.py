@@ -1,0 +1,113 @@
+"""The HTTP surface: TorchServe-compatible inference plus health, readiness and metrics.
+
+Kept free of Ray so that it can be served by any ASGI host; `gateway.app` wraps it in
+a Ray Serve deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import admit, metrics
+from .errors import GatewayError
+from .pipeline import Pipeline
+
+log = logging.getLogger("tiergate")
+
+PREDICT = re.compile(r"^/predictions/([^/]+)(?:/([^/]+))?/?$")
+
+
+class HttpFront:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def handle(self, request: Request) -> Response:
+        request_id = admit.request_id(request)
+        try:
+            return await self._dispatch(request, request_id)
+        except GatewayError as exc:
+            return error_response(exc, request_id)
+        except Exception:  # a gateway bug: answer, log without the payload, keep serving
+            log.exception("unhandled error for request %s", request_id)
+            return error_response(GatewayError(500, "InternalError", "internal gateway error"), request_id)
+
+    async def _dispatch(self, request: Request, request_id: str) -> Response:
+        path, method = request.url.path, request.method
+        match = PREDICT.match(path)
+        if match:
+            _allow(method, "POST")
+            return await self._predict(request, request_id, match.group(1), match.group(2))
+        if path == "/healthz":
+            _allow(method, "GET")
+            return _json(200, {"status": "alive"})
+        if path == "/readyz":
+            _allow(method, "GET")
+            return await self._ready()
+        if path == "/metrics":
+            _allow(method, "GET")
+            body, content_type = metrics.render()
+            return Response(body, 200, media_type=content_type)
+        raise GatewayError(404, "NotFound", "no such endpoint; inference is POST /predictions/{model}")
+
+    async def _predict(
+        self, request: Request, request_id: str, model: str, version: str | None
+    ) -> Response:
+        config = self.pipeline.config
+        admit.check_model(config, model)
+        tier = admit.resolve_tier(config, request)
+        admit.check_content_type(request)
+        body = await admit.read_body(request, config.max_body_bytes)
+        admit.check_image(body)
+        call = admit.Call(
+            model=model,
+            version=version,
+            tier=tier,
+            body=body,
+            request_id=request_id,
+            deadline=time.monotonic() + config.tiers[tier].deadline_ms / 1000,
+        )
+        try:
+            reply = await self.pipeline.infer(call)
+        except GatewayError as exc:
+            exc.headers.setdefault("X-Tiergate-Tier", tier)
+            raise
+        return Response(
+            reply.inference.body,
+            200,
+            headers={
+                "X-Tiergate-Tier": tier,
+                "X-Tiergate-Pool": reply.pool,
+                "X-Tiergate-Backend": reply.inference.backend,
+                "X-Request-ID": request_id,
+            },
+            media_type=reply.inference.content_type,
+        )
+
+    async def _ready(self) -> Response:
+        problems = await self.pipeline.readiness()
+        failing = {pool: why for pool, why in problems.items() if why is not None}
+        if failing:
+            return _json(503, {"status": "not ready", "pools": failing})
+        return _json(200, {"status": "ready", "pools": sorted(problems)})
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise GatewayError(405, "MethodNotAllowed", f"use {allowed}", {"Allow": allowed})
+
+
+def _json(status: int, payload: dict) -> Response:
+    return Response(orjson.dumps(payload), status, media_type="application/json")
+
+
+def error_response(exc: GatewayError, request_id: str) -> Response:
+    headers = {**exc.headers, "X-Request-ID": request_id}
+    if exc.pool:
+        headers["X-Tiergate-Pool"] = exc.pool
+    return Response(exc.body(), exc.status, headers=headers, media_type="application/json")

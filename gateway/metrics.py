@@ -1,0 +1,55 @@
+"""The gateway's Prometheus metrics.
+
+Labels are bounded by the config (tiers, pools, models, backends) and the set of
+HTTP status codes; nothing a client sends becomes a label value unchecked.
+With several replicas in one pod, PROMETHEUS_MULTIPROC_DIR makes them share one view.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Inference latencies: from a ~1 ms cache hit to a 30 s batch deadline.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+UNKNOWN = "-"
+
+REQUESTS = Counter(
+    "tiergate_requests",
+    "Inference requests answered, by tier, pool that served, model, status code and backend",
+    ["tier", "pool", "model", "code", "backend"],
+)
+LATENCY = Histogram(
+    "tiergate_request_duration_seconds",
+    "End-to-end time in the gateway, from admission to the last response byte handed back",
+    ["tier", "pool", "model", "code"],
+    buckets=LATENCY_BUCKETS,
+)
+POOL_INFLIGHT = Gauge(
+    "tiergate_pool_inflight",
+    "Inference calls in flight to each pool",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for /metrics, merged across replicas when they share a dir."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,148 @@
+"""The pool client: the only code in the gateway that talks to the network.
+
+`Transport` is deliberately tiny (send one request to a named pool, get the status,
+headers and body back) so that everything above it (routing, breakers, coalescing,
+shadowing) is policy that unit tests drive with a fake transport, while integration
+tests drive the same policy against real TorchServe processes through `HttpxTransport`.
+Mapping a pool's answer to what the client sees also lives here, in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Protocol
+
+import httpx
+import orjson
+
+from .config import PoolConfig
+from .errors import GatewayError
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRequest:
+    method: str
+    url: str
+    timeout_s: float
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class PoolUnreachable(Exception):
+    """The pool refused or dropped the connection before answering."""
+
+
+class PoolTimeout(Exception):
+    """The pool did not answer within the request's time budget."""
+
+
+class Transport(Protocol):
+    async def send(self, pool: str, request: PoolRequest) -> PoolResponse:
+        """Send one request to `pool`; raise PoolUnreachable or PoolTimeout, never hang."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxTransport:
+    """One keep-alive connection pool per TorchServe pool, sized to its concurrency limit."""
+
+    def __init__(self, pools: Mapping[str, PoolConfig]) -> None:
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._connect_timeout: dict[str, float] = {}
+        for name, pool in pools.items():
+            headers = {}
+            if pool.auth_token_file is not None:
+                headers["Authorization"] = "Bearer " + _read_token(pool.auth_token_file)
+            self._clients[name] = httpx.AsyncClient(
+                headers=headers,
+                limits=httpx.Limits(
+                    max_connections=pool.max_concurrency * 2,
+                    max_keepalive_connections=pool.max_concurrency * 2,
+                ),
+                # Environment proxies must never capture loopback pool traffic.
+                trust_env=False,
+            )
+            self._connect_timeout[name] = pool.connect_timeout_s
+
+    async def send(self, pool: str, request: PoolRequest) -> PoolResponse:
+        client = self._clients[pool]
+        budget = max(request.timeout_s, 0.001)
+        timeout = httpx.Timeout(budget, connect=min(budget, self._connect_timeout[pool]))
+        try:
+            response = await client.request(
+                request.method,
+                request.url,
+                content=request.body or None,
+                headers=request.headers,
+                timeout=timeout,
+            )
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise PoolUnreachable(f"connect to pool {pool!r} timed out") from None
+            raise PoolTimeout(f"pool {pool!r} did not answer in {budget:.3f}s") from None
+        except (httpx.TransportError, OSError) as exc:
+            raise PoolUnreachable(f"pool {pool!r} unreachable: {type(exc).__name__}") from None
+        return PoolResponse(response.status_code, response.headers, response.content)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+
+
+def _read_token(path: Path) -> str:
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"TorchServe token file {path} is empty")
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """A successful answer from a pool, with what actually ran it."""
+
+    body: bytes
+    content_type: str
+    backend: str
+
+
+# A pool's own 4xx is the client's fault (bad image, unknown version) and passes
+# through; anything else the pool says is the gateway's problem to name.
+def read_inference(pool: str, response: PoolResponse) -> Inference:
+    status = response.status
+    if status == 200:
+        return Inference(
+            body=response.body,
+            content_type=response.headers.get("content-type", "application/json"),
+            backend=response.headers.get("x-tiergate-backend", "unknown"),
+        )
+    if status == 503:
+        raise GatewayError(
+            503, "PoolOverloaded", f"pool {pool!r} is at capacity; retry later",
+            {"Retry-After": "1"}, pool=pool,
+        )
+    if status == 404:
+        raise GatewayError(502, "PoolMisconfigured", f"pool {pool!r} does not serve this model", pool=pool)
+    if 400 <= status < 500:
+        raise GatewayError(status, "InvalidInput", _pool_message(response.body, status), pool=pool)
+    raise GatewayError(502, "PoolError", f"pool {pool!r} failed the request (HTTP {status})", pool=pool)
+
+
+def _pool_message(body: bytes, status: int) -> str:
+    """The pool's own error message, bounded, so clients learn what was wrong."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return f"rejected by the model (HTTP {status})"
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return parsed["message"][:500]
+    return f"rejected by the model (HTTP {status})"
+

@@ -1,0 +1,272 @@
+"""The local stack behind `tiergate up/down/status`: TorchServe pools plus the gateway.
+
+`up` runs a supervisor: it builds missing model artifacts, starts one TorchServe
+process per pool, starts a local Ray instance (token auth on, bound to loopback)
+with the gateway application, and records everything it started in a state file.
+`down` stops exactly what that file names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError, stop_group
+
+from .config import GatewayConfig, load_config
+
+READY_TIMEOUT_S = 600.0
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class StatePaths:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir.resolve()
+        self.state = self.root / "state.json"
+        self.log = self.root / "supervisor.log"
+        self.pools = self.root / "pools"
+        self.metrics = self.root / "metrics"
+
+
+def gateway_url(config: GatewayConfig) -> str:
+    return f"http://{config.host}:{config.port}"
+
+
+def build_artifacts(config: GatewayConfig) -> None:
+    """Build every model's MARs unless they are up to date (the build decides)."""
+    from model.build import build_models
+
+    for model in config.models:
+        build_models(config.artifacts_dir, arch=model)
+
+
+def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str], None] = print) -> int:
+    """Start the whole stack, block until SIGTERM/SIGINT, then stop it. Returns an exit code."""
+    config = load_config(config_path)
+    paths = StatePaths(state_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if paths.state.exists() and _alive(json.loads(paths.state.read_text()).get("supervisor_pid")):
+        raise StackError(f"a stack is already running from {paths.root}; run `tiergate down` first")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    started = time.monotonic()
+    pools: list[PoolProcess] = []
+    try:
+        announce("building model artifacts (skipped when up to date)")
+        build_artifacts(config)
+        for name, pool in config.pools.items():
+            if pool.local is None:
+                continue
+            process = PoolProcess(
+                PoolSpec(
+                    name=name,
+                    models=tuple(config.models),
+                    model_store=(config.artifacts_dir / "model-store").resolve(),
+                    launch=pool.local,
+                    workdir=paths.pools / name,
+                )
+            )
+            process.start()
+            pools.append(process)
+        announce(f"started {len(pools)} TorchServe pool(s); starting Ray Serve")
+        _start_gateway(config, paths)
+        backends = {process.spec.name: process.wait_ready() for process in pools}
+        _wait_gateway_ready(config)
+        ready_after = time.monotonic() - started
+        _write_state(paths, config_path, config, pools, backends, ready_after)
+        announce(f"tiergate ready in {ready_after:.1f}s at {gateway_url(config)}")
+        for process in pools:
+            announce(f"  pool {process.spec.name}: {process.spec.inference_url} ({backends[process.spec.name]})")
+        while not stop.wait(1.0):
+            pass
+        announce("stopping")
+        return 0
+    except (PoolStartError, StackError) as exc:
+        announce(f"tiergate failed to start: {exc}")
+        return 1
+    finally:
+        _stop_gateway()
+        for process in pools:
+            process.stop()
+        paths.state.unlink(missing_ok=True)
+
+
+def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
+    import ray
+    from ray import serve
+
+    from .app import build
+
+    shutil.rmtree(paths.metrics, ignore_errors=True)
+    paths.metrics.mkdir(parents=True)
+    ray.init(
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        namespace="tiergate",
+        logging_level="WARNING",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PROMETHEUS_MULTIPROC_DIR": str(paths.metrics)}},
+    )
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
+
+
+def _stop_gateway() -> None:
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def _wait_gateway_ready(config: GatewayConfig, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                response = client.get(gateway_url(config) + "/readyz")
+                if response.status_code == 200:
+                    return
+                last = f"HTTP {response.status_code}: {response.text[:300]}"
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            time.sleep(0.3)
+    raise StackError(f"gateway not ready after {timeout_s:.0f}s ({last})")
+
+
+def _write_state(
+    paths: StatePaths,
+    config_path: Path,
+    config: GatewayConfig,
+    pools: list[PoolProcess],
+    backends: dict[str, str],
+    ready_after: float,
+) -> None:
+    state = {
+        "supervisor_pid": os.getpid(),
+        "config": str(Path(config_path).resolve()),
+        "gateway_url": gateway_url(config),
+        "ready_after_s": round(ready_after, 2),
+        "pools": [
+            {
+                "name": process.spec.name,
+                "inference_url": process.spec.inference_url,
+                "metrics_url": process.spec.metrics_url,
+                "backend": backends[process.spec.name],
+                "pid": process.pid,
+            }
+            for process in pools
+        ],
+    }
+    tmp = paths.state.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(paths.state)
+
+
+def start_detached(config_path: Path, state_dir: Path, timeout_s: float = READY_TIMEOUT_S) -> dict:
+    """Run the supervisor in the background; return its state once ready, or raise."""
+    paths = StatePaths(state_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if paths.state.exists() and _alive(json.loads(paths.state.read_text()).get("supervisor_pid")):
+        raise StackError(f"a stack is already running from {paths.root}; run `tiergate down` first")
+    paths.state.unlink(missing_ok=True)
+    with open(paths.log, "wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "up", "--config", str(config_path),
+             "--state-dir", str(paths.root)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if paths.state.exists():
+            return json.loads(paths.state.read_text())
+        if child.poll() is not None:
+            raise StackError(f"supervisor exited with code {child.returncode}\n{_tail(paths.log)}")
+        time.sleep(0.5)
+    stop_group(child.pid, 30.0)
+    raise StackError(f"not ready after {timeout_s:.0f}s\n{_tail(paths.log)}")
+
+
+def stop_stack(state_dir: Path, grace_s: float = 60.0) -> bool:
+    """Stop the stack recorded in state_dir; False when none was running."""
+    paths = StatePaths(state_dir)
+    if not paths.state.exists():
+        return False
+    state = json.loads(paths.state.read_text())
+    supervisor = state["supervisor_pid"]
+    # The supervisor shuts Ray and the pools down in order; whatever is left of its
+    # session afterwards (it leads its own) is ours to kill, and nothing else is.
+    if _alive(supervisor):
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _alive(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    stop_group(supervisor, 5.0)
+    for pool in state["pools"]:
+        if _alive(pool["pid"]):
+            stop_group(pool["pid"], 15.0)
+    paths.state.unlink(missing_ok=True)
+    return True
+
+
+def read_status(state_dir: Path) -> dict:
+    """What is running now: the recorded stack with each part's live state."""
+    paths = StatePaths(state_dir)
+    if not paths.state.exists():
+        return {"state": "stopped", "pools": []}
+    state = json.loads(paths.state.read_text())
+    with httpx.Client(trust_env=False, timeout=2.0) as client:
+        state["state"] = "ready" if _probe(client, state["gateway_url"] + "/readyz") else "degraded"
+        if not _alive(state["supervisor_pid"]):
+            state["state"] = "stopped"
+        for pool in state["pools"]:
+            if not _alive(pool["pid"]):
+                pool["state"] = "stopped"
+            else:
+                pool["state"] = "ready" if _probe(client, pool["inference_url"] + "/ping") else "unhealthy"
+    return state
+
+
+def _probe(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,194 @@
+"""Start, probe and stop one local TorchServe process per pool.
+
+Each pool gets its own ports, TMPDIR, log and metrics directories, so two pools (or
+two test runs in different network namespaces) never share state. A pool counts as
+started only when a real inference succeeds; that first answer also says which
+backend actually runs (the handler's X-Tiergate-Backend header).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import httpx
+
+from gateway.config import LocalLaunch
+
+LOG_FILES = ("ts_log.log", "model_log.log")
+
+
+class PoolStartError(RuntimeError):
+    """A pool that did not come up; the message carries the tail of its logs."""
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    models: tuple[str, ...]
+    model_store: Path
+    launch: LocalLaunch
+    workdir: Path
+
+    def mar(self, model: str) -> str:
+        return f"{model}-{self.launch.variant}.mar"
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.launch.inference_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.launch.metrics_port}/metrics"
+
+
+class PoolProcess:
+    def __init__(self, spec: PoolSpec) -> None:
+        self.spec = spec
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> None:
+        spec = self.spec
+        dirs = {key: spec.workdir / key for key in ("tmp", "logs", "metrics")}
+        for path in dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+        config_file = spec.workdir / "config.properties"
+        config_file.write_text(render_properties(spec))
+        env = {
+            **os.environ,
+            "TMPDIR": str(dirs["tmp"]),
+            "LOG_LOCATION": str(dirs["logs"]),
+            "METRICS_LOCATION": str(dirs["metrics"]),
+            # Workers must run in this interpreter's environment (torch, PIL, pyyaml).
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        command = [
+            str(Path(sys.executable).parent / "torchserve"),
+            "--start", "--foreground", "--ncs",
+            "--model-store", str(spec.model_store),
+            "--ts-config", str(config_file),
+            "--disable-token-auth",
+        ]
+        stdout = open(spec.workdir / "stdout.log", "wb")
+        self._process = subprocess.Popen(
+            command, cwd=spec.workdir, env=env, stdout=stdout, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        stdout.close()
+
+    def wait_ready(self, timeout_s: float = 300.0) -> str:
+        """Block until the model answers a real inference; return the backend it reports."""
+        deadline = time.monotonic() + timeout_s
+        probe = probe_image()
+        backends = set()
+        with httpx.Client(trust_env=False, timeout=30.0) as client:
+            for model in self.spec.models:
+                backends.add(self._wait_model(client, model, probe, deadline, timeout_s))
+        return ",".join(sorted(backends))
+
+    def _wait_model(
+        self, client: httpx.Client, model: str, probe: bytes, deadline: float, timeout_s: float
+    ) -> str:
+        url = f"{self.spec.inference_url}/predictions/{model}"
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise PoolStartError(self._failure("exited during start-up"))
+            try:
+                response = client.post(url, content=probe)
+            except httpx.TransportError:
+                time.sleep(0.5)
+                continue
+            if response.status_code == 200:
+                return response.headers.get("x-tiergate-backend", "unknown")
+            time.sleep(0.5)
+        raise PoolStartError(self._failure(f"model {model!r} not ready after {timeout_s:.0f}s"))
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        stop_group(self._process.pid, grace_s)
+        self._process.wait(timeout=5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        chunks = []
+        for path in [self.spec.workdir / "stdout.log"] + [
+            self.spec.workdir / "logs" / name for name in LOG_FILES
+        ]:
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                chunks.append(f"--- {path} ---\n" + "\n".join(text))
+        return "\n".join(chunks)
+
+    def _failure(self, what: str) -> str:
+        return f"pool {self.spec.name!r} {what}\n{self.log_tail()}"
+
+
+def render_properties(spec: PoolSpec) -> str:
+    launch = spec.launch
+    models = {
+        model: {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": spec.mar(model),
+                "minWorkers": launch.workers,
+                "maxWorkers": launch.workers,
+                "batchSize": launch.batch_size,
+                "maxBatchDelay": launch.max_batch_delay_ms,
+                "responseTimeout": 120,
+            }
+        }
+        for model in spec.models
+    }
+    template = resources.files("torchserve_backend").joinpath("templates/pool.properties")
+    return template.read_text().format(
+        inference_port=launch.inference_port,
+        management_port=launch.management_port,
+        metrics_port=launch.metrics_port,
+        grpc_inference_port=launch.inference_port + 3,
+        grpc_management_port=launch.inference_port + 4,
+        model_store=spec.model_store,
+        load_models=",".join(f"{model}={spec.mar(model)}" for model in spec.models),
+        models_json=json.dumps(models, separators=(",", ":")),
+        workers=launch.workers,
+        queue_size=launch.queue_size,
+    )
+
+
+def stop_group(pid: int, grace_s: float) -> None:
+    """SIGTERM a process group we started, then SIGKILL whatever is left after grace."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def probe_image() -> bytes:
+    """A small JPEG used to prove a pool really serves (and to warm it up)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 80, 40)).save(buffer, format="JPEG")
+    return buffer.getvalue()
