@@ -55,7 +55,11 @@ class Transport(Protocol):
 class HttpxTransport:
     """One keep-alive connection pool per TorchServe pool, sized to its concurrency limit."""
 
-    def __init__(self, pools: Mapping[str, PoolConfig]) -> None:
+    def __init__(
+        self,
+        pools: Mapping[str, PoolConfig],
+        network: httpx.AsyncBaseTransport | None = None,  # unit tests pass httpx.MockTransport
+    ) -> None:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._connect_timeout: dict[str, float] = {}
         for name, pool in pools.items():
@@ -70,6 +74,7 @@ class HttpxTransport:
                 ),
                 # Environment proxies must never capture loopback pool traffic.
                 trust_env=False,
+                transport=network,
             )
             self._connect_timeout[name] = pool.connect_timeout_s
 

@@ -88,12 +88,17 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
         backends = {process.spec.name: process.wait_ready() for process in pools}
         _wait_gateway_ready(config)
         ready_after = time.monotonic() - started
-        _write_state(paths, config_path, config, pools, backends, ready_after)
+
+        def persist() -> None:
+            _write_state(paths, config_path, config, pools, backends, ready_after)
+
+        persist()
         announce(f"tiergate ready in {ready_after:.1f}s at {gateway_url(config)}")
         for process in pools:
             announce(f"  pool {process.spec.name}: {process.spec.inference_url} ({backends[process.spec.name]})")
+        restarting: set[str] = set()
         while not stop.wait(1.0):
-            pass
+            _restart_exited_pools(pools, restarting, backends, persist, announce, stop)
         announce("stopping")
         return 0
     except (PoolStartError, StackError) as exc:
@@ -104,6 +109,37 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
         for process in pools:
             process.stop()
         paths.state.unlink(missing_ok=True)
+
+
+def _restart_exited_pools(
+    pools: list[PoolProcess],
+    restarting: set[str],
+    backends: dict[str, str],
+    persist: Callable[[], None],
+    announce: Callable[[str], None],
+    stop: threading.Event,
+) -> None:
+    """Like a process manager: a pool that died is started again, in the background."""
+    for process in pools:
+        name = process.spec.name
+        if process.running or name in restarting or stop.is_set():
+            continue
+        restarting.add(name)
+        announce(f"pool {name} exited; restarting it")
+
+        def restart(process: PoolProcess = process, name: str = name) -> None:
+            try:
+                process.start()
+                backends[name] = process.wait_ready()
+                persist()
+                announce(f"pool {name} is serving again ({backends[name]})")
+            except PoolStartError as exc:
+                announce(f"pool {name} failed to restart: {exc}")
+                stop.wait(5.0)  # back off before the next attempt
+            finally:
+                restarting.discard(name)
+
+        threading.Thread(target=restart, name=f"restart-{name}", daemon=True).start()
 
 
 def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:

@@ -59,6 +59,10 @@ class PoolProcess:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def start(self) -> None:
         spec = self.spec
         dirs = {key: spec.workdir / key for key in ("tmp", "logs", "metrics")}
@@ -103,7 +107,7 @@ class PoolProcess:
     ) -> str:
         url = f"{self.spec.inference_url}/predictions/{model}"
         while time.monotonic() < deadline:
-            if self._process is None or self._process.poll() is not None:
+            if not self.running:
                 raise PoolStartError(self._failure("exited during start-up"))
             try:
                 response = client.post(url, content=probe)
@@ -116,7 +120,7 @@ class PoolProcess:
         raise PoolStartError(self._failure(f"model {model!r} not ready after {timeout_s:.0f}s"))
 
     def stop(self, grace_s: float = 15.0) -> None:
-        if self._process is None or self._process.poll() is not None:
+        if not self.running:
             return
         stop_group(self._process.pid, grace_s)
         self._process.wait(timeout=5)
