@@ -1,0 +1,40 @@
+"""A pool process dies: readiness says which, the supervisor restarts it.
+
+Named to run after the other integration modules, which share the session stack.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from .images import cat_jpeg
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def test_killed_pool_turns_readyz_503_and_comes_back(stack):
+    gpu = next(pool for pool in stack.status()["pools"] if pool["name"] == "gpu")
+    os.killpg(gpu["pid"], signal.SIGKILL)
+    with stack.client() as client:
+        not_ready = wait_for(lambda: (r := client.get("/readyz")).status_code == 503 and r, 10)
+        assert list(not_ready.json()["pools"]) == ["gpu"]
+        down = client.post("/predictions/resnet18", content=cat_jpeg(), headers={"X-SLA-Tier": "premium"})
+        assert down.status_code in (502, 503)
+        assert down.json()["message"]
+        # The CPU tiers never noticed.
+        assert client.post("/predictions/resnet18", content=cat_jpeg()).status_code == 200
+        wait_for(lambda: client.get("/readyz").status_code == 200, 180)
+        again = client.post("/predictions/resnet18", content=cat_jpeg(), headers={"X-SLA-Tier": "premium"})
+    assert again.status_code == 200
+    restarted = next(pool for pool in stack.status()["pools"] if pool["name"] == "gpu")
+    assert restarted["pid"] != gpu["pid"] and restarted["state"] == "ready"
