@@ -1,0 +1,303 @@
+"""TorchServe handler shared by every tiergate model variant.
+
+The MAR carries ``variant.json`` naming its artifacts; this handler loads the
+best one the serving host can run and reports the backend it picked in the
+``X-Tiergate-Backend`` response header:
+
+* ``cpu-int8``      TorchScript FX-quantized model (int8 MAR)
+* ``tensorrt-fp16`` Torch-TensorRT ExportedProgram (gpu MAR built where TensorRT ran)
+* ``inductor-cuda`` fp32 ExportedProgram under torch.compile (gpu MAR, CUDA without TensorRT)
+* ``cpu-fp32``      fp32 ExportedProgram run eagerly (fp32 MAR, or gpu MAR on a host without CUDA)
+
+TorchServe imports this file as a top-level module from the model directory,
+so it must depend only on torch, torchvision and Pillow.  It exposes a
+module-level ``handle`` function (TorchServe's function entry point) rather
+than a single class, which leaves room for helper classes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision import transforms
+
+logger = logging.getLogger(__name__)
+
+BACKEND_HEADER = "X-Tiergate-Backend"
+BACKEND_TENSORRT_FP16 = "tensorrt-fp16"
+BACKEND_INDUCTOR_CUDA = "inductor-cuda"
+BACKEND_CPU_FP32 = "cpu-fp32"
+BACKEND_CPU_INT8 = "cpu-int8"
+
+VARIANT_FILE = "variant.json"
+LABELS_FILE = "index_to_name.json"
+
+# variant.json "artifacts" keys: which serialized model a MAR holds.
+ARTIFACT_INT8 = "int8-torchscript"
+ARTIFACT_FP32 = "fp32-exported-program"
+ARTIFACT_TENSORRT = "tensorrt-fp16-exported-program"
+
+MAX_IMAGE_PIXELS_ENV = "TIERGATE_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+ACCEPTED_IMAGE_FORMATS = ("JPEG", "PNG")
+TOP_K = 5
+
+RESIZE_SIZE = 256
+CROP_SIZE = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_resize_and_crop = transforms.Compose([transforms.Resize(RESIZE_SIZE), transforms.CenterCrop(CROP_SIZE)])
+_to_normalized_tensor = transforms.Compose(
+    [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+)
+
+
+class InvalidInput(ValueError):
+    """A request the client got wrong; answered with HTTP 400, never retried."""
+
+
+def choose_gpu_backend(cuda_available: bool, trt_available: bool) -> str:
+    """Backend for the gpu variant: TensorRT only with both CUDA and a TensorRT engine."""
+    if cuda_available and trt_available:
+        return BACKEND_TENSORRT_FP16
+    if cuda_available:
+        return BACKEND_INDUCTOR_CUDA
+    return BACKEND_CPU_FP32
+
+
+def tensorrt_importable() -> bool:
+    """Importing torch_tensorrt also registers the ops a saved TRT program needs."""
+    try:
+        import torch_tensorrt  # noqa: F401
+    except Exception:  # a broken install (missing libnvinfer) must mean "no TensorRT"
+        return False
+    return True
+
+
+def select_backend(variant: dict, cuda_available: bool, trt_importable: bool) -> str:
+    """Pick the backend for a MAR's variant.json on a host with the given capabilities."""
+    artifacts = variant["artifacts"]
+    if ARTIFACT_INT8 in artifacts:
+        return BACKEND_CPU_INT8
+    if variant["variant"] == "gpu":
+        has_engine = ARTIFACT_TENSORRT in artifacts and trt_importable
+        return choose_gpu_backend(cuda_available, has_engine)
+    return BACKEND_CPU_FP32
+
+
+def decode_image(payload: bytes | bytearray, max_pixels: int) -> Image.Image:
+    """Decode JPEG/PNG bytes into RGB, refusing oversized images before decoding pixels."""
+    if not payload:
+        raise InvalidInput("request body is empty; send JPEG or PNG bytes")
+    try:
+        image = Image.open(io.BytesIO(payload), formats=ACCEPTED_IMAGE_FORMATS)
+    except Image.DecompressionBombError:
+        raise InvalidInput(f"image exceeds the limit of {max_pixels} pixels") from None
+    except Exception:
+        raise InvalidInput("request body is not a JPEG or PNG image") from None
+    # Image.open only parsed the header, so a decompression bomb costs nothing yet.
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidInput(
+            f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels"
+        )
+    try:
+        image.load()
+        return image.convert("RGB")
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError... for corrupt data
+        raise InvalidInput("image data is truncated or corrupt") from None
+
+
+def crop_image(image: Image.Image) -> Image.Image:
+    """Resize the short side to 256 and center-crop 224x224."""
+    return _resize_and_crop(image)
+
+
+def normalize_image(cropped: Image.Image) -> torch.Tensor:
+    """ImageNet-normalize a cropped RGB image into a (3, 224, 224) float tensor."""
+    return _to_normalized_tensor(cropped)
+
+
+def preprocess_image(image: Image.Image) -> torch.Tensor:
+    return normalize_image(crop_image(image))
+
+
+def request_payload(request: Any) -> Any:
+    if isinstance(request, dict):
+        payload = request.get("data")
+        return payload if payload is not None else request.get("body")
+    return request
+
+
+def request_to_tensor(request: Any, max_pixels: int) -> torch.Tensor:
+    """One model input per request; the single place where input forms are told apart."""
+    payload = request_payload(request)
+    if payload is None:
+        raise InvalidInput("request has no body; send JPEG or PNG bytes")
+    if isinstance(payload, (bytes, bytearray)):
+        return preprocess_image(decode_image(payload, max_pixels))
+    # TorchServe hands JSON bodies over already parsed (dict/list) and text as str.
+    raise InvalidInput("expected a raw JPEG or PNG request body")
+
+
+def top_k_labels(probabilities: torch.Tensor, labels: dict[int, str], k: int = TOP_K) -> list[dict]:
+    """Per row, an ordered {label: probability} dict of the k most likely classes."""
+    k = min(k, probabilities.shape[1])
+    values, indices = probabilities.topk(k, dim=1)
+    return [
+        {labels.get(int(i), str(int(i))): float(v) for v, i in zip(row_values, row_indices)}
+        for row_values, row_indices in zip(values.tolist(), indices.tolist())
+    ]
+
+
+def invalid_input_body(message: str) -> dict:
+    return {"code": 400, "type": "InvalidInput", "message": message}
+
+
+@dataclass
+class LoadedModel:
+    module: Any
+    backend: str
+    device: torch.device
+    input_dtype: torch.dtype
+    max_batch_size: int
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float32 logits on CPU, splitting batches larger than the artifact allows."""
+        outputs = []
+        with torch.inference_mode():
+            for chunk in batch.split(self.max_batch_size):
+                chunk = chunk.to(self.device, self.input_dtype)
+                outputs.append(self.module(chunk).float().cpu())
+        return torch.cat(outputs)
+
+
+def load_model(
+    model_dir: Path,
+    variant: dict,
+    cuda_available: bool | None = None,
+    trt_importable: bool | None = None,
+    gpu_id: int | None = None,
+) -> LoadedModel:
+    """Load the artifact matching the backend this host supports."""
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if trt_importable is None:
+        trt_importable = ARTIFACT_TENSORRT in variant["artifacts"] and tensorrt_importable()
+    backend = select_backend(variant, cuda_available, trt_importable)
+    artifacts = {name: Path(model_dir) / file for name, file in variant["artifacts"].items()}
+    max_batch_size = int(variant["max_batch_size"])
+    cpu = torch.device("cpu")
+    cuda = torch.device("cuda", gpu_id or 0)
+
+    if backend == BACKEND_CPU_INT8:
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream but still the fastest int8 runtime on CPU.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated")
+            module = torch.jit.load(str(artifacts[ARTIFACT_INT8]), map_location=cpu).eval()
+        return LoadedModel(module, backend, cpu, torch.float32, max_batch_size)
+    if backend == BACKEND_TENSORRT_FP16:
+        import torch_tensorrt
+
+        module = torch_tensorrt.load(str(artifacts[ARTIFACT_TENSORRT])).module().to(cuda)
+        return LoadedModel(module, backend, cuda, torch.float16, max_batch_size)
+    module = torch.export.load(str(artifacts[ARTIFACT_FP32])).module()
+    if backend == BACKEND_INDUCTOR_CUDA:
+        module = torch.compile(module.to(cuda), dynamic=True)
+        return LoadedModel(module, backend, cuda, torch.float32, max_batch_size)
+    return LoadedModel(module, backend, cpu, torch.float32, max_batch_size)
+
+
+def read_model_dir(model_dir: Path) -> tuple[dict, dict[int, str]]:
+    variant = json.loads((Path(model_dir) / VARIANT_FILE).read_text())
+    labels_path = Path(model_dir) / LABELS_FILE
+    labels = {}
+    if labels_path.exists():
+        labels = {int(k): v for k, v in json.loads(labels_path.read_text()).items()}
+    return variant, labels
+
+
+def max_image_pixels_from_env() -> int:
+    configured = os.environ.get(MAX_IMAGE_PIXELS_ENV)
+    return int(configured) if configured else DEFAULT_MAX_IMAGE_PIXELS
+
+
+class TiergateHandler:
+    def __init__(self, max_image_pixels: int | None = None):
+        self.max_image_pixels = max_image_pixels
+        self.model: LoadedModel | None = None
+        self.labels: dict[int, str] = {}
+        self.variant: dict = {}
+
+    @property
+    def initialized(self) -> bool:
+        return self.model is not None
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    def initialize(self, context, cuda_available: bool | None = None) -> None:
+        properties = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        self.variant, self.labels = read_model_dir(model_dir)
+        if self.max_image_pixels is None:
+            self.max_image_pixels = max_image_pixels_from_env()
+        self.model = load_model(
+            model_dir, self.variant, cuda_available=cuda_available, gpu_id=properties.get("gpu_id")
+        )
+        # Warm up so compilation/profiling cost (and any load error) lands at
+        # registration time instead of on the first client request.
+        self.model.logits(torch.zeros(1, 3, CROP_SIZE, CROP_SIZE))
+        logger.info(
+            "tiergate handler ready: arch=%s variant=%s backend=%s max_image_pixels=%d",
+            self.variant.get("arch"),
+            self.variant.get("variant"),
+            self.backend,
+            self.max_image_pixels,
+        )
+
+    def handle(self, data: list, context) -> list:
+        responses: list[Any] = [None] * len(data)
+        inputs: list[torch.Tensor] = []
+        input_indices: list[int] = []
+        for idx, request in enumerate(data):
+            try:
+                inputs.append(request_to_tensor(request, self.max_image_pixels))
+                input_indices.append(idx)
+            except InvalidInput as error:
+                logger.info("request %d rejected: %s", idx, error)
+                context.set_response_status(400, "Bad Request", idx)
+                responses[idx] = invalid_input_body(str(error))
+
+        if inputs:
+            probabilities = self.model.logits(torch.stack(inputs)).softmax(dim=1)
+            for idx, top5 in zip(input_indices, top_k_labels(probabilities, self.labels)):
+                responses[idx] = top5
+
+        for idx in range(len(data)):
+            context.set_response_header(idx, BACKEND_HEADER, self.backend)
+            context.set_response_content_type(idx, "application/json")
+        return responses
+
+
+_service = TiergateHandler()
+
+
+def handle(data, context):
+    """TorchServe entry point; called with data=None once to initialize."""
+    if not _service.initialized:
+        _service.initialize(context)
+    if data is None:
+        return None
+    return _service.handle(data, context)
