@@ -46,10 +46,10 @@ class Call:
         return self.deadline - time.monotonic()
 
 
-def resolve_tier(config: GatewayConfig, request: Request) -> str:
+def resolve_tier(config: GatewayConfig, request: Request, caller_default: str | None = None) -> str:
     claimed = request.headers.get(config.tier_header)
     if claimed is None:
-        return config.default_tier
+        return caller_default or config.default_tier
     tier = claimed.strip().lower()
     if tier not in config.tiers:
         raise bad_request(

@@ -6,6 +6,7 @@ is a `reconfigure` call on live replicas, not a redeploy.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ray import serve
@@ -15,7 +16,6 @@ from starlette.responses import Response
 from .config import GatewayConfig, parse_config
 from .errors import GatewayError
 from .http import HttpFront, error_response
-from .pipeline import Pipeline
 from .pool_client import HttpxTransport
 
 
@@ -27,12 +27,15 @@ from .pool_client import HttpxTransport
 class Gateway:
     def __init__(self) -> None:
         self._front: HttpFront | None = None
+        self._draining: set[asyncio.Task] = set()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse_config(user_config, "user_config")
-        previous, self._front = self._front, HttpFront(Pipeline(config, HttpxTransport(config.pools)))
+        previous, self._front = self._front, HttpFront(config, HttpxTransport(config.pools))
         if previous is not None:
-            await previous.pipeline.close()
+            # Calls already admitted finish on the old pipeline; new ones use the new one.
+            self._draining.add(asyncio.create_task(previous.pipeline.close_when_idle()))
+            self._draining = {task for task in self._draining if not task.done()}
 
     async def __call__(self, request: Request) -> Response:
         if self._front is None:

@@ -46,8 +46,16 @@ class PoolConfig(_Strict):
     auth_token_file: Path | None = Field(
         default=None, description="file holding TorchServe's inference token (production)"
     )
-    max_concurrency: int = Field(default=8, ge=1, description="calls in flight to this pool")
+    max_concurrency: int = Field(
+        default=8, ge=1, description="calls in flight to this pool, shared by all gateway replicas"
+    )
+    max_queue: int = Field(default=32, ge=0, description="calls waiting for a slot, per replica")
+    reserve: int = Field(
+        default=0, ge=0, description="slots spillover traffic may not take (kept for the pool's own tiers)"
+    )
     connect_timeout_s: float = Field(default=1.0, gt=0)
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open the breaker")
+    breaker_open_s: float = Field(default=5.0, gt=0, description="how long an open breaker rejects calls")
     local: LocalLaunch | None = None
 
     @field_validator("url", "metrics_url")
@@ -61,9 +69,37 @@ class PoolConfig(_Strict):
 class TierConfig(_Strict):
     """An SLA tier: where its traffic goes and how long it may take."""
 
-    pools: list[str] = Field(min_length=1, description="primary first, spillover after")
+    pools: list[str] = Field(
+        min_length=1, description="primary first; later pools take over when earlier ones are down"
+    )
+    spillover: list[str] = Field(
+        default_factory=list,
+        description="pools used when every pool in `pools` is saturated, within their headroom beyond `reserve`",
+    )
     priority: int = Field(default=0, description="higher is served first under overload")
     deadline_ms: int = Field(default=10_000, ge=1, le=600_000)
+    sheddable: bool = Field(default=True, description="may be refused with 429 to protect higher tiers")
+
+
+class ApiKey(_Strict):
+    """One caller: its key's SHA-256 (`tiergate hash-key`) and the tiers it may use."""
+
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tiers: list[str] = Field(min_length=1)
+    default_tier: str | None = None
+
+    @model_validator(mode="after")
+    def _default_allowed(self) -> ApiKey:
+        if self.default_tier is not None and self.default_tier not in self.tiers:
+            raise ValueError(f"key {self.name!r}: default_tier {self.default_tier!r} is not in its tiers")
+        return self
+
+
+class AuthConfig(_Strict):
+    keys: list[ApiKey] = Field(default_factory=list)
+    keys_file: Path | None = Field(default=None, description="YAML list of keys, same shape")
+    keys_env: str | None = Field(default=None, description="env var holding such a YAML list")
 
 
 class GatewayConfig(_Strict):
@@ -75,6 +111,7 @@ class GatewayConfig(_Strict):
     models: list[str] = Field(default_factory=lambda: ["resnet18"], min_length=1)
     artifacts_dir: Path = Path("artifacts")
     replicas: int = Field(default=1, ge=1, le=64)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     pools: dict[str, PoolConfig] = Field(min_length=1)
     tiers: dict[str, TierConfig] = Field(min_length=1)
 
@@ -101,13 +138,17 @@ class GatewayConfig(_Strict):
                 f"default_tier {self.default_tier!r} is not one of the tiers {sorted(self.tiers)}"
             )
         for tier_name, tier in self.tiers.items():
-            for pool in tier.pools:
+            for pool in tier.pools + tier.spillover:
                 if pool not in self.pools:
                     raise ValueError(
                         f"tier {tier_name!r} names pool {pool!r}, not one of {sorted(self.pools)}"
                     )
             if len(set(tier.pools)) != len(tier.pools):
                 raise ValueError(f"tier {tier_name!r} lists a pool twice: {tier.pools}")
+        for key in self.auth.keys:
+            unknown = set(key.tiers) - set(self.tiers)
+            if unknown:
+                raise ValueError(f"API key {key.name!r} names unknown tiers {sorted(unknown)}")
         return self
 
 

@@ -15,8 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import admit, metrics
+from .auth import KeyBook, authorize
+from .config import GatewayConfig
 from .errors import GatewayError
 from .pipeline import Pipeline
+from .pool_client import Transport
 
 log = logging.getLogger("tiergate")
 
@@ -24,8 +27,9 @@ PREDICT = re.compile(r"^/predictions/([^/]+)(?:/([^/]+))?/?$")
 
 
 class HttpFront:
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
+    def __init__(self, config: GatewayConfig, transport: Transport) -> None:
+        self.keys = KeyBook(config.auth)
+        self.pipeline = Pipeline(config, transport)
 
     async def handle(self, request: Request) -> Response:
         request_id = admit.request_id(request)
@@ -59,8 +63,10 @@ class HttpFront:
         self, request: Request, request_id: str, model: str, version: str | None
     ) -> Response:
         config = self.pipeline.config
+        caller = self.keys.identify(request.headers.get("authorization"))
         admit.check_model(config, model)
-        tier = admit.resolve_tier(config, request)
+        tier = admit.resolve_tier(config, request, caller.default_tier if caller else None)
+        authorize(caller, tier)
         admit.check_content_type(request)
         body = await admit.read_body(request, config.max_body_bytes)
         admit.check_image(body)

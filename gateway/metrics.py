@@ -44,6 +44,32 @@ POOL_INFLIGHT = Gauge(
     ["pool"],
     multiprocess_mode="livesum",
 )
+POOL_QUEUED = Gauge(
+    "tiergate_pool_queued",
+    "Calls waiting in the gateway for a slot on each pool",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "tiergate_queue_wait_seconds",
+    "Time a call waited in the gateway for a pool slot (only calls that waited)",
+    ["tier", "pool"],
+    buckets=LATENCY_BUCKETS,
+)
+SHED = Counter("tiergate_shed", "Calls refused (429/503) to protect higher tiers", ["tier", "pool"])
+SPILLOVERS = Counter(
+    "tiergate_spillovers", "Calls sent to a spillover pool because the tier's pool was full",
+    ["tier", "from_pool", "to_pool"],
+)
+RETRIES = Counter(
+    "tiergate_retries", "Calls handed to the next pool after one failed to take them",
+    ["tier", "pool", "reason"],
+)
+BREAKER_STATE = Gauge(
+    "tiergate_breaker_state", "Circuit breaker per pool: 0 closed, 1 half-open, 2 open",
+    ["pool"],
+    multiprocess_mode="max",
+)
 
 
 def render() -> tuple[bytes, str]:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import httpx
 import orjson
 
 from .config import PoolConfig
 from .errors import GatewayError
+
+if TYPE_CHECKING:
+    from .admit import Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,10 @@ class PoolResponse:
 
 class PoolUnreachable(Exception):
     """The pool refused or dropped the connection before answering."""
+
+
+class PoolDropped(Exception):
+    """The connection broke after the request was sent: the pool may have done the work."""
 
 
 class PoolTimeout(Exception):
@@ -94,8 +101,10 @@ class HttpxTransport:
             if isinstance(exc, httpx.ConnectTimeout):
                 raise PoolUnreachable(f"connect to pool {pool!r} timed out") from None
             raise PoolTimeout(f"pool {pool!r} did not answer in {budget:.3f}s") from None
-        except (httpx.TransportError, OSError) as exc:
+        except httpx.ConnectError as exc:
             raise PoolUnreachable(f"pool {pool!r} unreachable: {type(exc).__name__}") from None
+        except (httpx.TransportError, OSError) as exc:
+            raise PoolDropped(f"pool {pool!r} dropped the connection: {type(exc).__name__}") from None
         return PoolResponse(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:
@@ -108,6 +117,36 @@ def _read_token(path: Path) -> str:
     if not token:
         raise ValueError(f"TorchServe token file {path} is empty")
     return token
+
+
+class PoolClient:
+    """Sends an admitted call to a named pool within the call's deadline."""
+
+    def __init__(self, pools: Mapping[str, PoolConfig], transport: Transport) -> None:
+        self._urls = {name: pool.url for name, pool in pools.items()}
+        self.transport = transport
+
+    async def infer(self, pool: str, call: "Call") -> "Inference":
+        time_left = call.time_left()
+        if time_left <= 0:
+            raise PoolTimeout(f"deadline passed before pool {pool!r} was called")
+        request = PoolRequest(
+            "POST",
+            self._urls[pool] + call.path,
+            timeout_s=time_left,
+            body=call.body,
+            headers={"content-type": "application/octet-stream", "x-request-id": call.request_id},
+        )
+        return read_inference(pool, await self.transport.send(pool, request))
+
+    async def ping(self, pool: str) -> str | None:
+        """None when the pool answers TorchServe's ping healthy, else why not."""
+        request = PoolRequest("GET", self._urls[pool] + "/ping", timeout_s=1.0)
+        try:
+            response = await self.transport.send(pool, request)
+        except (PoolUnreachable, PoolDropped, PoolTimeout) as exc:
+            return str(exc)
+        return None if response.status == 200 else f"ping answered HTTP {response.status}"
 
 
 @dataclass(frozen=True, slots=True)

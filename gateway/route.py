@@ -1,14 +1,144 @@
-"""Routing: which pools may serve a tier, in the order to try them."""
+"""Routing: which pool serves a call, given tiers, capacity and pool health.
+
+For a tier, the pools in `pools` are tried in order, skipping any whose breaker is
+open; a pool that refuses the connection or answers 503 hands the call to the next
+one (never twice to the same pool, always within the deadline). When the tier's pool
+has no free slot, a `spillover` pool with headroom beyond its reserve takes the call
+instead of queueing it. Slots are held through `limits.PoolGate`.
+"""
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from . import metrics
+from .admit import Call
+from .breaker import Breaker, State
 from .config import GatewayConfig
+from .errors import GatewayError
+from .limits import PoolGate
+from .pool_client import Inference, PoolDropped, PoolTimeout, PoolUnreachable
+
+Send = Callable[[str, Call], Awaitable[Inference]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    inference: Inference
+    pool: str
 
 
 class Router:
     def __init__(self, config: GatewayConfig) -> None:
-        self._plans = {name: tuple(tier.pools) for name, tier in config.tiers.items()}
+        self.config = config
+        self.gates = {
+            name: PoolGate(name, math.ceil(pool.max_concurrency / config.replicas), pool.max_queue)
+            for name, pool in config.pools.items()
+        }
+        self.breakers = {
+            name: Breaker(pool.breaker_failures, pool.breaker_open_s) for name, pool in config.pools.items()
+        }
 
-    def plan(self, tier: str) -> tuple[str, ...]:
-        """Pools for `tier`, primary first; later ones are tried only if earlier ones are down."""
-        return self._plans[tier]
+    async def dispatch(self, call: Call, send: Send) -> Reply:
+        tier = self.config.tiers[call.tier]
+        last_error: GatewayError | None = None
+        for pool in tier.pools:
+            if self.breakers[pool].state is State.OPEN:
+                continue
+            target = await self._take_slot(call, pool, tier.spillover, tier.priority, tier.sheddable)
+            try:
+                return Reply(await self._send(call, target, send), target)
+            except _TryNext as retry:
+                last_error = retry.error
+                metrics.RETRIES.labels(call.tier, target, retry.reason).inc()
+        if last_error is not None:
+            raise last_error
+        raise GatewayError(
+            503, "PoolUnavailable",
+            f"every pool for tier {call.tier!r} is failing; retry later",
+            {"Retry-After": str(math.ceil(max(self.config.pools[p].breaker_open_s for p in tier.pools)))},
+        )
+
+    async def _take_slot(
+        self, call: Call, pool: str, spillover: list[str], priority: int, sheddable: bool
+    ) -> str:
+        """Hold a slot on `pool`, or on a spillover pool with headroom; return which."""
+        gate = self.gates[pool]
+        if gate.try_acquire():
+            return pool
+        for other in spillover:
+            if other != pool and self.breakers[other].state is State.CLOSED and self.gates[other].try_acquire(
+                reserve=self.config.pools[other].reserve
+            ):
+                metrics.SPILLOVERS.labels(call.tier, pool, other).inc()
+                return other
+        queued_at = time.perf_counter()
+        self._observe(gate)
+        try:
+            await gate.acquire(call.tier, priority, sheddable, call.deadline)
+        except GatewayError as exc:
+            if exc.status in (429, 503):
+                metrics.SHED.labels(call.tier, pool).inc()
+            raise
+        finally:
+            self._observe(gate)
+        metrics.QUEUE_WAIT.labels(call.tier, pool).observe(time.perf_counter() - queued_at)
+        return pool
+
+    async def _send(self, call: Call, pool: str, send: Send) -> Inference:
+        breaker, gate = self.breakers[pool], self.gates[pool]
+        self._observe(gate)
+        try:
+            if not breaker.allow():
+                raise _TryNext("breaker_open", _unavailable(pool, "its circuit breaker is open"))
+            try:
+                inference = await send(pool, call)
+            except PoolUnreachable as exc:
+                self._failed(pool)
+                raise _TryNext("unreachable", _unavailable(pool, str(exc))) from None
+            except PoolDropped as exc:
+                self._failed(pool)
+                raise GatewayError(502, "PoolDropped", str(exc), pool=pool) from None
+            except PoolTimeout:
+                self._failed(pool)
+                raise GatewayError(
+                    504, "DeadlineExceeded", f"tier {call.tier!r} deadline passed waiting for pool {pool!r}",
+                    pool=pool,
+                ) from None
+            except GatewayError as exc:
+                if exc.status == 503:  # busy, not broken: let the next pool try
+                    breaker.succeeded()
+                    raise _TryNext("overloaded", exc) from None
+                if exc.status >= 500:
+                    self._failed(pool)
+                else:
+                    breaker.succeeded()
+                raise
+            breaker.succeeded()
+            return inference
+        finally:
+            gate.release()
+            self._observe(gate)
+            metrics.BREAKER_STATE.labels(pool).set(int(breaker.state))
+
+    def _failed(self, pool: str) -> None:
+        self.breakers[pool].failed()
+        metrics.BREAKER_STATE.labels(pool).set(int(self.breakers[pool].state))
+
+    @staticmethod
+    def _observe(gate: PoolGate) -> None:
+        metrics.POOL_INFLIGHT.labels(gate.pool).set(gate.inflight)
+        metrics.POOL_QUEUED.labels(gate.pool).set(gate.queued)
+
+
+class _TryNext(Exception):
+    def __init__(self, reason: str, error: GatewayError) -> None:
+        self.reason = reason
+        self.error = error
+
+
+def _unavailable(pool: str, why: str) -> GatewayError:
+    return GatewayError(502, "PoolUnavailable", f"pool {pool!r} unavailable: {why}", pool=pool)

@@ -11,7 +11,6 @@ from starlette.requests import Request
 
 from gateway.config import parse_config
 from gateway.http import HttpFront
-from gateway.pipeline import Pipeline
 from gateway.pool_client import HttpxTransport
 
 def jpeg() -> bytes:
@@ -45,7 +44,7 @@ def config_data(**overrides) -> dict:
 def gateway(handler, **overrides) -> httpx.AsyncClient:
     """An httpx client talking in-process to an HttpFront whose pools answer via `handler`."""
     config = parse_config(config_data(**overrides))
-    front = HttpFront(Pipeline(config, HttpxTransport(config.pools, httpx.MockTransport(handler))))
+    front = HttpFront(config, HttpxTransport(config.pools, httpx.MockTransport(handler)))
 
     async def asgi(scope, receive, send):
         response = await front.handle(Request(scope, receive))

@@ -1,0 +1,61 @@
+"""A circuit breaker per pool: stop sending to a pool that keeps failing, probe it back.
+
+closed → open after `failures` consecutive failures; open → half-open after
+`open_s`; half-open lets one probe through: success closes, failure re-opens.
+Overload answers (503) are not failures: a busy pool is healthy.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import IntEnum
+
+
+class State(IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class Breaker:
+    def __init__(self, failures: int, open_s: float, clock=time.monotonic) -> None:
+        self._threshold = failures
+        self._open_s = open_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_started: float | None = None
+        self._state = State.CLOSED
+
+    @property
+    def state(self) -> State:
+        if self._state is State.OPEN and self._clock() - self._opened_at >= self._open_s:
+            self._state = State.HALF_OPEN
+            self._probe_started = None
+        return self._state
+
+    def allow(self) -> bool:
+        """May a call go to this pool now? In half-open, only one probe at a time may
+        (a probe that never reported back is replaced after `open_s`)."""
+        state = self.state
+        if state is State.CLOSED:
+            return True
+        now = self._clock()
+        if state is State.HALF_OPEN and (
+            self._probe_started is None or now - self._probe_started >= self._open_s
+        ):
+            self._probe_started = now
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._probe_started = None
+        self._state = State.CLOSED
+
+    def failed(self) -> None:
+        self._failures += 1
+        self._probe_started = None
+        if self._state is State.HALF_OPEN or self._failures >= self._threshold:
+            self._state = State.OPEN
+            self._opened_at = self._clock()
