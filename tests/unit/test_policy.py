@@ -1,0 +1,182 @@
+"""Tier policy with faked pools: keys, limits and shedding, spillover, breakers, retries."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from gateway.auth import digest
+from gateway.breaker import Breaker, State
+from gateway.errors import GatewayError
+from gateway.limits import PoolGate
+
+from .fakes import by_pool, gateway, jpeg
+
+
+def keyed(**overrides):
+    keys = [
+        {"name": "shop", "sha256": digest("shop-key"), "tiers": ["premium", "standard"]},
+        {"name": "etl", "sha256": digest("etl-key"), "tiers": ["batch"], "default_tier": "batch"},
+    ]
+    return {"auth": {"keys": keys}, **overrides}
+
+
+@pytest.mark.parametrize(
+    "key, tier, status, pool",
+    [
+        ("shop-key", "premium", 200, "gpu"),
+        ("shop-key", None, 200, "cpu"),
+        ("etl-key", None, 200, "cpu"),
+        ("etl-key", "premium", 403, None),
+        ("shop-key", "batch", 403, None),
+        (None, "premium", 401, None),
+        ("wrong-key", "premium", 401, None),
+    ],
+)
+async def test_api_keys_decide_the_tiers(key, tier, status, pool):
+    headers = {}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if tier:
+        headers["X-SLA-Tier"] = tier
+    async with gateway(by_pool, **keyed()) as client:
+        response = await client.post("/predictions/resnet18", content=jpeg(), headers=headers)
+    assert response.status_code == status, response.text
+    if pool:
+        assert response.headers["x-tiergate-pool"] == pool
+    if status == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+    if status == 403:
+        assert "allowed:" in response.json()["message"]
+
+
+async def test_keys_from_an_env_var(monkeypatch):
+    monkeypatch.setenv("TIERGATE_KEYS", f'[{{name: ci, sha256: "{digest("ci-key")}", tiers: [batch]}}]')
+    async with gateway(by_pool, auth={"keys_env": "TIERGATE_KEYS"}) as client:
+        ok = await client.post("/predictions/resnet18", content=jpeg(), headers={"Authorization": "Bearer ci-key", "X-SLA-Tier": "batch"})
+        no = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "batch"})
+    assert (ok.status_code, no.status_code) == (200, 401)
+
+
+async def test_full_queue_sheds_the_lowest_priority_first():
+    gate = PoolGate("cpu", capacity=1, queue_bound=2)
+    far = time.monotonic() + 5
+    await gate.acquire("standard", 1, True, far)  # takes the only slot
+    batch_waiters = [asyncio.create_task(gate.acquire("batch", 0, True, far)) for _ in range(2)]
+    await asyncio.sleep(0)
+    premium = asyncio.create_task(gate.acquire("premium", 2, False, far))
+    await asyncio.sleep(0.01)
+    # The premium arrival evicted the newest batch waiter at once.
+    assert batch_waiters[1].done()
+    with pytest.raises(GatewayError) as shed:
+        batch_waiters[1].result()
+    assert shed.value.status == 429 and shed.value.headers["Retry-After"] == "1"
+    # A further batch arrival outranks nobody: refused at once, no waiting.
+    started = time.monotonic()
+    with pytest.raises(GatewayError) as refused:
+        await gate.acquire("batch", 0, True, far)
+    assert refused.value.status == 429 and time.monotonic() - started < 0.05
+    # The freed slot goes to premium before the older batch waiter.
+    gate.release()
+    await asyncio.sleep(0.01)
+    assert premium.done() and not batch_waiters[0].done()
+    gate.release()
+    await asyncio.sleep(0.01)
+    assert batch_waiters[0].done()
+
+
+async def test_queued_call_times_out_at_its_deadline_and_frees_its_place():
+    gate = PoolGate("cpu", capacity=1, queue_bound=1)
+    await gate.acquire("standard", 1, True, time.monotonic() + 5)
+    started = time.monotonic()
+    with pytest.raises(GatewayError) as late:
+        await gate.acquire("standard", 1, True, time.monotonic() + 0.1)
+    assert late.value.status == 504 and 0.09 < time.monotonic() - started < 0.5
+    assert gate.queued == 0
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_back():
+    now = [0.0]
+    breaker = Breaker(failures=3, open_s=5.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.failed()
+    breaker.succeeded()  # consecutive: a success resets the count
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.failed()
+    assert breaker.state is State.OPEN and not breaker.allow()
+    now[0] = 5.0
+    assert breaker.state is State.HALF_OPEN
+    assert breaker.allow() and not breaker.allow()  # one probe at a time
+    breaker.failed()
+    assert breaker.state is State.OPEN
+    now[0] = 10.0
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.state is State.CLOSED and breaker.allow()
+
+
+FAILOVER = {
+    "tiers": {
+        "premium": {"pools": ["gpu", "cpu"]},
+        "standard": {"pools": ["cpu"], "spillover": ["gpu"]},
+        "batch": {"pools": ["cpu"]},
+    },
+    "pools": {
+        "gpu": {"url": "http://gpu.pool:8080", "breaker_failures": 2, "breaker_open_s": 60, "max_concurrency": 2, "reserve": 1},
+        "cpu": {"url": "http://cpu.pool:8090", "max_concurrency": 1, "max_queue": 4},
+    },
+}
+
+
+async def test_premium_fails_over_to_cpu_and_the_breaker_stops_trying_gpu():
+    gpu_calls = []
+
+    def handler(request):
+        if request.url.host == "gpu.pool":
+            gpu_calls.append(request)
+            raise httpx.ConnectError("refused", request=request)
+        return by_pool(request)
+
+    async with gateway(handler, **FAILOVER) as client:
+        answers = [await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"}) for _ in range(5)]
+        exposition = (await client.get("/metrics")).text
+    assert [a.status_code for a in answers] == [200] * 5
+    assert {a.headers["x-tiergate-pool"] for a in answers} == {"cpu"}
+    assert len(gpu_calls) == 2  # then the breaker opened: no more calls to the dead pool
+    assert 'tiergate_breaker_state{pool="gpu"} 2.0' in exposition
+
+
+async def test_overloaded_pool_hands_the_call_to_the_next_once():
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.host)
+        if request.url.host == "gpu.pool":
+            return httpx.Response(503, json={"message": "queue full"})
+        return by_pool(request)
+
+    async with gateway(handler, **FAILOVER) as client:
+        answer = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+    assert answer.status_code == 200 and answer.headers["x-tiergate-pool"] == "cpu"
+    assert calls == ["gpu.pool", "cpu.pool"]
+
+
+async def test_standard_spills_to_gpu_only_within_headroom_beyond_the_reserve():
+    release = asyncio.Event()
+
+    async def handler(request):
+        await release.wait()
+        return by_pool(request)
+
+    async with gateway(handler, **FAILOVER) as client:
+        send = lambda: client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "standard"})
+        # cpu has 1 slot; gpu has 2 with 1 reserved for premium: one spill, then queueing on cpu.
+        tasks = [asyncio.create_task(send()) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        release.set()
+        answers = await asyncio.gather(*tasks)
+    pools = sorted(a.headers["x-tiergate-pool"] for a in answers)
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert pools == ["cpu", "cpu", "gpu"]
