@@ -33,6 +33,9 @@ class LocalLaunch(_Strict):
     management_port: int = Field(ge=1, le=65535)
     metrics_port: int = Field(ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=16)
+    threads: int = Field(
+        default=1, ge=1, le=64, description="torch intra-op threads per worker (OMP_NUM_THREADS)"
+    )
     batch_size: int = Field(default=1, ge=1, le=256)
     max_batch_delay_ms: int = Field(default=5, ge=0, le=10_000)
     queue_size: int = Field(default=64, ge=1)

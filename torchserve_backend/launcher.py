@@ -75,6 +75,9 @@ class PoolProcess:
             "TMPDIR": str(dirs["tmp"]),
             "LOG_LOCATION": str(dirs["logs"]),
             "METRICS_LOCATION": str(dirs["metrics"]),
+            # Pools share the machine's cores: each gets a fixed share instead of all of them.
+            "OMP_NUM_THREADS": str(spec.launch.threads),
+            "MKL_NUM_THREADS": str(spec.launch.threads),
             # Workers must run in this interpreter's environment (torch, PIL, pyyaml).
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
