@@ -117,11 +117,10 @@ def is_up_to_date(out_dir: Path, input_hash: str) -> bool:
 
 
 def imagenet_labels() -> dict[int, str]:
-    """ImageNet class names, made unique ("crane" and "maillot" appear twice) so
-    that top-5 dicts keyed by name never collapse two classes into one entry."""
+    """ImageNet class names; torchvision's list is already unique (e.g. "crane bird"),
+    which matters because the handler keys its top-5 dict by name."""
     names = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
-    duplicated = {name for name in names if names.count(name) > 1}
-    return {i: f"{name} ({i})" if name in duplicated else name for i, name in enumerate(names)}
+    return dict(enumerate(names))
 
 
 def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
@@ -437,33 +436,37 @@ def _publish(staging: Path, out_dir: Path, manifest: dict) -> None:
 
 
 def format_report(report: dict) -> str:
-    """Human-readable summary of accuracy-report.json."""
+    """Human-readable summary of accuracy-report.json (sections missing from a failed build are left out)."""
     lines = []
     digits = report.get("digits")
     if digits:
-        lines += [
+        lines.append(
             f"digits (held-out {digits['test_samples']} images): "
             f"fp32 top-1 {digits['fp32_top1_accuracy']:.4f}, int8 top-1 {digits['int8_top1_accuracy']:.4f}, "
             f"agreement {digits['top1_agreement']:.4f} (threshold {digits['agreement_threshold']}) "
             f"-> {'PASS' if digits['passed'] else 'FAIL'}"
-        ]
-    photo = report["photos"]
-    lines.append(
-        f"{photo['arch']} on {photo['evaluation_images']} photo views ({photo['weights']}), backends {photo['backends']}:"
-    )
-    for key in ("int8_vs_fp32", "gpu_vs_fp32"):
-        c = photo[key]
-        lines.append(
-            f"  {key}: top-1 agreement {c['top1_agreement']:.4f}, top-5 overlap {c['top5_overlap']:.4f}, "
-            f"fp32 top-1 in top-5 {c['reference_top1_in_candidate_top5']:.4f}, "
-            f"logit cosine {c['logit_cosine_similarity']:.5f}, relative error {c['logit_relative_error']:.4f}"
         )
-    lines.append(
-        f"  fp32 reference: {photo['int8_vs_fp32']['reference_distinct_top1']} distinct top-1 classes, "
-        f"median top-1 margin {photo['int8_vs_fp32']['reference_median_top1_margin']:.4f}"
-    )
-    latency = ", ".join(f"{k} {v}" for k, v in report["latency_ms_batch1"].items())
-    lines.append(f"latency at batch 1 (median ms): {latency}")
+    photo = report.get("photos")
+    if photo:
+        lines.append(
+            f"{photo['arch']} on {photo['evaluation_images']} photo views ({photo['weights']}), "
+            f"backends {photo['backends']}:"
+        )
+        for key in ("int8_vs_fp32", "gpu_vs_fp32"):
+            c = photo[key]
+            lines.append(
+                f"  {key}: top-1 agreement {c['top1_agreement']:.4f}, top-5 overlap {c['top5_overlap']:.4f}, "
+                f"fp32 top-1 in top-5 {c['reference_top1_in_candidate_top5']:.4f}, "
+                f"logit cosine {c['logit_cosine_similarity']:.5f}, relative error {c['logit_relative_error']:.4f}"
+            )
+        reference = photo["int8_vs_fp32"]
+        lines.append(
+            f"  fp32 reference: {reference['reference_distinct_top1']} distinct top-1 classes, "
+            f"median top-1 margin {reference['reference_median_top1_margin']:.4f}"
+        )
+    if "latency_ms_batch1" in report:
+        latency = ", ".join(f"{name} {value}" for name, value in report["latency_ms_batch1"].items())
+        lines.append(f"latency at batch 1 (median ms): {latency}")
     return "\n".join(lines)
 
 

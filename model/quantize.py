@@ -24,6 +24,9 @@ _DEPRECATION_NOTICES = (
     r"Please use quant_min and quant_max to specify the range for observers",
     r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation",
     r"`torch\.jit\.\w+` is deprecated",
+    # Tracing a quantized graph reads scales/zero points as Python floats; they
+    # are constants of the frozen model, so the tracer's caution does not apply.
+    r"Converting a tensor to a Python float might cause the trace to be incorrect",
 )
 
 
