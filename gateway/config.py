@@ -84,6 +84,13 @@ class TierConfig(_Strict):
     sheddable: bool = Field(default=True, description="may be refused with 429 to protect higher tiers")
 
 
+class CacheConfig(_Strict):
+    """A per-model response cache keyed by content hash (off unless configured)."""
+
+    ttl_s: float = Field(default=60.0, gt=0)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+
+
 class ApiKey(_Strict):
     """One caller: its key's SHA-256 (`tiergate hash-key`) and the tiers it may use."""
 
@@ -114,6 +121,8 @@ class GatewayConfig(_Strict):
     models: list[str] = Field(default_factory=lambda: ["resnet18"], min_length=1)
     artifacts_dir: Path = Path("artifacts")
     replicas: int = Field(default=1, ge=1, le=64)
+    coalesce: bool = Field(default=True, description="identical concurrent requests share one backend call")
+    cache: dict[str, CacheConfig] = Field(default_factory=dict, description="response cache per model")
     auth: AuthConfig = Field(default_factory=AuthConfig)
     pools: dict[str, PoolConfig] = Field(min_length=1)
     tiers: dict[str, TierConfig] = Field(min_length=1)
@@ -148,6 +157,9 @@ class GatewayConfig(_Strict):
                     )
             if len(set(tier.pools)) != len(tier.pools):
                 raise ValueError(f"tier {tier_name!r} lists a pool twice: {tier.pools}")
+        for model in self.cache:
+            if model not in self.models:
+                raise ValueError(f"cache names model {model!r}, not one of {self.models}")
         for key in self.auth.keys:
             unknown = set(key.tiers) - set(self.tiers)
             if unknown:

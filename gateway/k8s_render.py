@@ -54,10 +54,13 @@ TORCHSERVE_LOOPBACK_PORT = 18080
 # never leaves the pod, so it lives as long as the pod (10 years, still an int32 of seconds).
 TORCHSERVE_TOKEN_EXPIRATION_MIN = 10 * 365 * 24 * 60
 PROXY_PORT_NAME = "inference"
+# The pool images' user (k8s/images/pool-*.Dockerfile): high, so it maps to no host account.
+POOL_UID = 10001
 
 RAY_DASHBOARD_PORT = 8265
 RAY_METRICS_PORT = 8080
 RAY_AGENT_PORT = 52365
+RAY_UID = 1000  # the `ray` user of the rayproject/ray images
 RAY_WORKER_CPUS = 2
 GATEWAY_REPLICA_CPUS = 1
 
@@ -386,7 +389,7 @@ class _Cluster:
         worker_spec = {
             "serviceAccountName": "tiergate-ray-worker",
             "automountServiceAccountToken": False,
-            "securityContext": _pod_security(),
+            "securityContext": _pod_security(RAY_UID),
             "terminationGracePeriodSeconds": int(self.max_deadline_s) + 30,
             "containers": [worker],
             "volumes": [
@@ -397,7 +400,7 @@ class _Cluster:
         head_spec = {
             # No serviceAccountName: KubeRay gives the head (and its autoscaler sidecar) the
             # account and RBAC it creates for the in-tree autoscaler.
-            "securityContext": _pod_security(),
+            "securityContext": _pod_security(RAY_UID),
             "containers": [head],
         }
         ray_service = {
@@ -584,7 +587,7 @@ class _Cluster:
             "serviceAccountName": "tiergate-pool",
             "automountServiceAccountToken": False,
             # Both containers run as one user: TorchServe writes key_file.json mode 0600.
-            "securityContext": _pod_security(),
+            "securityContext": _pod_security(POOL_UID),
             "terminationGracePeriodSeconds": int(self.max_deadline_s) + 15,
             "topologySpreadConstraints": [
                 {
@@ -1103,12 +1106,12 @@ def _http_probe(path: str, port: int | str, period: int, failures: int) -> dict[
     }
 
 
-def _pod_security() -> dict[str, Any]:
+def _pod_security(uid: int) -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "runAsGroup": 1000,
-        "fsGroup": 1000,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 

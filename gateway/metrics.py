@@ -65,6 +65,12 @@ RETRIES = Counter(
     "tiergate_retries", "Calls handed to the next pool after one failed to take them",
     ["tier", "pool", "reason"],
 )
+BACKEND_CALLS = Counter("tiergate_backend_calls", "Inference calls sent to pools", ["pool"])
+COALESCED = Counter(
+    "tiergate_coalesced", "Requests answered by an identical concurrent request's backend call",
+    ["tier", "model"],
+)
+CACHE = Counter("tiergate_cache_lookups", "Response cache lookups", ["model", "result"])
 BREAKER_STATE = Gauge(
     "tiergate_breaker_state", "Circuit breaker per pool: 0 closed, 1 half-open, 2 open",
     ["pool"],

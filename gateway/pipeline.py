@@ -1,5 +1,5 @@
-"""The request pipeline: admitted call → route (pool choice, limits, breaker) → pool
-client, with the outcome recorded in metrics.
+"""The request pipeline: admitted call → coalesce (singleflight, cache) → route (pool
+choice, limits, breaker) → pool client, with the outcome recorded in metrics.
 
 Each stage is its own module with one small interface; this module only orders them.
 """
@@ -7,10 +7,12 @@ Each stage is its own module with one small interface; this module only orders t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from . import metrics
 from .admit import Call
+from .coalesce import ResponseCache, Singleflight, request_key
 from .config import GatewayConfig
 from .errors import GatewayError
 from .pool_client import PoolClient, Transport
@@ -22,6 +24,10 @@ class Pipeline:
         self.config = config
         self.pools = PoolClient(config.pools, transport)
         self.router = Router(config)
+        self.flights: Singleflight[Reply] = Singleflight()
+        self.caches = {
+            model: ResponseCache(cache.ttl_s, cache.max_bytes) for model, cache in config.cache.items()
+        }
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -31,7 +37,7 @@ class Pipeline:
         pool, code, backend = metrics.UNKNOWN, 500, metrics.UNKNOWN
         self._enter()
         try:
-            reply = await self.router.dispatch(call, self.pools.infer)
+            reply = await self._coalesced(call)
             pool, code, backend = reply.pool, 200, reply.inference.backend
             return reply
         except GatewayError as exc:
@@ -43,6 +49,34 @@ class Pipeline:
             metrics.LATENCY.labels(call.tier, pool, call.model, str(code)).observe(
                 time.perf_counter() - started
             )
+
+    async def _coalesced(self, call: Call) -> Reply:
+        cache = self.caches.get(call.model)
+        if not self.config.coalesce and cache is None:
+            return await self.router.dispatch(call, self.pools.infer)
+        primary = self.config.tiers[call.tier].pools[0]
+        key = request_key(call.model, call.version, primary, call.body)
+        if cache is not None:
+            hit = cache.get(key)
+            metrics.CACHE.labels(call.model, "hit" if hit else "miss").inc()
+            if hit is not None:
+                return dataclasses.replace(hit, cache="hit")
+        if self.config.coalesce:
+            reply, followed = await self.flights.run(
+                key, call.deadline, lambda: self.router.dispatch(call, self.pools.infer),
+                on_timeout=lambda: GatewayError(
+                    504, "DeadlineExceeded", f"tier {call.tier!r} deadline passed waiting for an identical request"
+                ),
+            )
+            if followed:
+                metrics.COALESCED.labels(call.tier, call.model).inc()
+                reply = dataclasses.replace(reply, coalesced=True)
+        else:
+            reply = await self.router.dispatch(call, self.pools.infer)
+        if cache is not None:
+            cache.put(key, dataclasses.replace(reply, coalesced=False), len(reply.inference.body) + len(key))
+            reply = dataclasses.replace(reply, cache="miss")
+        return reply
 
     async def readiness(self) -> dict[str, str | None]:
         """For each pool, None when it answers TorchServe's ping healthy, else why not."""

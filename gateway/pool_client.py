@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 import httpx
 import orjson
 
+from . import metrics
 from .config import PoolConfig
 from .errors import GatewayError
 
@@ -137,6 +138,7 @@ class PoolClient:
             body=call.body,
             headers={"content-type": "application/octet-stream", "x-request-id": call.request_id},
         )
+        metrics.BACKEND_CALLS.labels(pool).inc()
         return read_inference(pool, await self.transport.send(pool, request))
 
     async def ping(self, pool: str) -> str | None:

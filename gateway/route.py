@@ -29,6 +29,8 @@ Send = Callable[[str, Call], Awaitable[Inference]]
 class Reply:
     inference: Inference
     pool: str
+    coalesced: bool = False  # answered by another request's backend call
+    cache: str | None = None  # "hit" or "miss" where the model has a response cache
 
 
 class Router:

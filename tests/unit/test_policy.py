@@ -170,7 +170,7 @@ async def test_standard_spills_to_gpu_only_within_headroom_beyond_the_reserve():
         await release.wait()
         return by_pool(request)
 
-    async with gateway(handler, **FAILOVER) as client:
+    async with gateway(handler, coalesce=False, **FAILOVER) as client:
         send = lambda: client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "standard"})
         # cpu has 1 slot; gpu has 2 with 1 reserved for premium: one spill, then queueing on cpu.
         tasks = [asyncio.create_task(send()) for _ in range(3)]
