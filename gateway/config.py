@@ -84,6 +84,33 @@ class TierConfig(_Strict):
     sheddable: bool = Field(default=True, description="may be refused with 429 to protect higher tiers")
 
 
+class ShadowCompare(_Strict):
+    """How a shadow's top-k answer is compared with the primary's."""
+
+    top_k: int = Field(default=5, ge=1, le=100)
+    tolerance: float = Field(default=0.05, ge=0, le=1, description="max |Δprobability| counted as agreeing")
+
+
+class ShadowTest(_Strict):
+    """Mirror sampled traffic of one model to a candidate and compare the answers."""
+
+    name: str = Field(pattern=NAME.pattern)
+    model: str
+    version: str | None = None
+    tiers: list[str] = Field(default_factory=list, description="tiers sampled; empty means all")
+    sample_rate: float = Field(ge=0, le=1)
+    target_pool: str = Field(description="the pool serving the candidate")
+    target_model: str | None = Field(default=None, description="model name at the target (default: model)")
+    target_version: str | None = None
+    max_concurrency: int = Field(default=4, ge=1, description="shadow calls in flight; beyond it samples drop")
+    timeout_ms: int = Field(default=2000, ge=1, le=120_000)
+    compare: ShadowCompare = Field(default_factory=ShadowCompare)
+    noise_baseline: bool = Field(
+        default=False, description="also send the sample to the primary again, to measure its own noise"
+    )
+    log_payloads: bool = Field(default=False, description="store request bodies of disagreements (off: never)")
+
+
 class CacheConfig(_Strict):
     """A per-model response cache keyed by content hash (off unless configured)."""
 
@@ -124,6 +151,9 @@ class GatewayConfig(_Strict):
     coalesce: bool = Field(default=True, description="identical concurrent requests share one backend call")
     cache: dict[str, CacheConfig] = Field(default_factory=dict, description="response cache per model")
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    shadows: list[ShadowTest] = Field(default_factory=list)
+    shadow_log: Path = Field(default=Path(".tiergate/shadow.sqlite"), description="diff log of disagreements")
+    shadow_log_max_rows: int = Field(default=100_000, ge=1)
     pools: dict[str, PoolConfig] = Field(min_length=1)
     tiers: dict[str, TierConfig] = Field(min_length=1)
 
@@ -157,6 +187,17 @@ class GatewayConfig(_Strict):
                     )
             if len(set(tier.pools)) != len(tier.pools):
                 raise ValueError(f"tier {tier_name!r} lists a pool twice: {tier.pools}")
+        names = [shadow.name for shadow in self.shadows]
+        if len(set(names)) != len(names):
+            raise ValueError(f"shadow test names must be unique: {names}")
+        for shadow in self.shadows:
+            if shadow.model not in self.models:
+                raise ValueError(f"shadow {shadow.name!r} watches model {shadow.model!r}, not one of {self.models}")
+            if shadow.target_pool not in self.pools:
+                raise ValueError(f"shadow {shadow.name!r} targets pool {shadow.target_pool!r}, not one of {sorted(self.pools)}")
+            unknown = set(shadow.tiers) - set(self.tiers)
+            if unknown:
+                raise ValueError(f"shadow {shadow.name!r} samples unknown tiers {sorted(unknown)}")
         for model in self.cache:
             if model not in self.models:
                 raise ValueError(f"cache names model {model!r}, not one of {self.models}")

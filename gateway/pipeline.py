@@ -79,8 +79,9 @@ class Pipeline:
         return reply
 
     async def readiness(self) -> dict[str, str | None]:
-        """For each pool, None when it answers TorchServe's ping healthy, else why not."""
-        names = list(self.config.pools)
+        """For each pool a tier uses, None when it answers TorchServe's ping healthy, else why not.
+        (Shadow targets are not serving: their health never makes the gateway unready.)"""
+        names = sorted({pool for tier in self.config.tiers.values() for pool in tier.pools + tier.spillover})
         answers = await asyncio.gather(*(self.pools.ping(name) for name in names))
         return dict(zip(names, answers))
 
