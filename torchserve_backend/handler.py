@@ -257,8 +257,10 @@ class TiergateHandler:
             model_dir, self.variant, cuda_available=cuda_available, gpu_id=properties.get("gpu_id")
         )
         # Warm up so compilation/profiling cost (and any load error) lands at
-        # registration time instead of on the first client request.
-        self.model.logits(torch.zeros(1, 3, CROP_SIZE, CROP_SIZE))
+        # registration time instead of on the first client request.  Batch 1 and
+        # batch 2 both: torch.compile specialises size 1 and compiles again for >1.
+        for batch_size in sorted({1, min(2, self.model.max_batch_size)}):
+            self.model.logits(torch.zeros(batch_size, 3, CROP_SIZE, CROP_SIZE))
         logger.info(
             "tiergate handler ready: arch=%s variant=%s backend=%s max_image_pixels=%d",
             self.variant.get("arch"),
