@@ -38,13 +38,9 @@ def compare_logits(reference: torch.Tensor, candidate: torch.Tensor) -> dict:
         .float()
         .mean()
         .item(),
-        "logit_cosine_similarity": torch.nn.functional.cosine_similarity(reference, candidate)
-        .mean()
-        .item(),
+        "logit_cosine_similarity": torch.nn.functional.cosine_similarity(reference, candidate).mean().item(),
         "logit_relative_error": ((candidate - reference).norm() / reference.norm()).item(),
-        "reference_median_top1_margin": (sorted_reference[:, 0] - sorted_reference[:, 1])
-        .median()
-        .item(),
+        "reference_median_top1_margin": (sorted_reference[:, 0] - sorted_reference[:, 1]).median().item(),
         "reference_distinct_top1": int(reference_top1.unique().numel()),
     }
 

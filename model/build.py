@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ REPORT_NAME = "accuracy-report.json"
 MODEL_STORE = "model-store"
 CALIBRATION_DIR = "calibration"
 MANIFEST_SCHEMA = 1
+DEFAULT_DIGITS = DigitsSettings()
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 HANDLER_PATH = Path(handler.__file__).resolve()
@@ -184,7 +185,7 @@ def build_models(
     max_batch_size: int = 32,
     agreement_threshold: float = 0.99,
     photo_agreement_threshold: float | None = None,
-    digits: DigitsSettings | None = DigitsSettings(),
+    digits: DigitsSettings | None = DEFAULT_DIGITS,
     calibration_views: int = 3,
     evaluation_views: int = 8,
 ) -> BuildResult:
@@ -239,105 +240,121 @@ def build_models(
     return BuildResult(out_dir, manifest, rebuilt=True)
 
 
-def _build_into(
-    staging: Path,
-    out_dir: Path,
-    options: BuildOptions,
-    weights: Path | None,
-    gpu_build_backend: str,
-    input_hash: str,
-) -> dict:
-    arch = options.arch
-    image_size = handler.CROP_SIZE
+@dataclass
+class PhotoSets:
+    calibration_paths: list[Path]
+    calibration_crops: list  # 224x224 PIL crops, saved as the calibration record
+    calibration: torch.Tensor
+    evaluation: torch.Tensor
 
-    logger.info("preparing calibration and evaluation photos")
+
+def prepare_photos(options: BuildOptions) -> PhotoSets:
+    """Calibration and evaluation images from disjoint photos, preprocessed exactly as served."""
     calibration_paths, evaluation_paths = photos.split_photos(photos.bundled_photo_paths())
     calibration_crops = [
         handler.crop_image(image)
         for image in photos.photo_views(calibration_paths, options.calibration_views, options.seed)
     ]
-    calibration = torch.stack([handler.normalize_image(crop) for crop in calibration_crops])
-    evaluation = torch.stack(
-        [
-            handler.preprocess_image(image)
-            for image in photos.photo_views(evaluation_paths, options.evaluation_views, options.seed + 1)
-        ]
+    evaluation_images = photos.photo_views(evaluation_paths, options.evaluation_views, options.seed + 1)
+    return PhotoSets(
+        calibration_paths,
+        calibration_crops,
+        torch.stack([handler.normalize_image(crop) for crop in calibration_crops]),
+        torch.stack([handler.preprocess_image(image) for image in evaluation_images]),
     )
-    calibration_batches = list(calibration.split(8))
 
-    model = load_classifier(arch, weights, options.seed)
-    if weights is None:
-        recalibrate_batchnorm(model, calibration_batches)
 
-    logger.info("exporting fp32 %s", arch)
-    artifacts = {
+def write_artifacts(
+    model: torch.nn.Module,
+    staging: Path,
+    options: BuildOptions,
+    calibration_batches: list[torch.Tensor],
+    gpu_build_backend: str,
+) -> dict[str, dict]:
+    """Serialize the fp32, int8 and (where possible) TensorRT models; return each variant's variant.json."""
+    arch = options.arch
+    files = {
         handler.ARTIFACT_FP32: f"{arch}-fp32.pt2",
         handler.ARTIFACT_INT8: f"{arch}-int8.torchscript.pt",
         handler.ARTIFACT_TENSORRT: f"{arch}-tensorrt-fp16.ep",
     }
-    example = torch.randn(2, 3, image_size, image_size)
+    logger.info("exporting fp32 %s", arch)
+    example = torch.randn(2, 3, handler.CROP_SIZE, handler.CROP_SIZE)  # 2: export specialises batch 1
     batch_dim = torch.export.Dim("batch", min=1, max=options.max_batch_size)
     exported = torch.export.export(copy.deepcopy(model), (example,), dynamic_shapes=({0: batch_dim},))
-    torch.export.save(exported, str(staging / artifacts[handler.ARTIFACT_FP32]))
+    torch.export.save(exported, str(staging / files[handler.ARTIFACT_FP32]))
 
-    logger.info("quantizing %s to int8 on %d calibration images", arch, len(calibration))
+    logger.info("quantizing %s to int8", arch)
     quantized = quantize_int8(model, calibration_batches)
-    save_torchscript(quantized, example, staging / artifacts[handler.ARTIFACT_INT8])
+    save_torchscript(quantized, example, staging / files[handler.ARTIFACT_INT8])
 
     gpu_artifacts = [handler.ARTIFACT_FP32]
     if gpu_build_backend == handler.BACKEND_TENSORRT_FP16:
         logger.info("compiling %s with TensorRT FP16", arch)
-        compile_tensorrt_fp16(model, image_size, options.max_batch_size, staging / artifacts[handler.ARTIFACT_TENSORRT])
+        compile_tensorrt_fp16(
+            model, handler.CROP_SIZE, options.max_batch_size, staging / files[handler.ARTIFACT_TENSORRT]
+        )
         gpu_artifacts.insert(0, handler.ARTIFACT_TENSORRT)
     variant_artifacts = {
         "fp32": [handler.ARTIFACT_FP32],
         "int8": [handler.ARTIFACT_INT8],
         "gpu": gpu_artifacts,
     }
-    variant_specs = {
+    return {
         variant: {
             "arch": arch,
             "variant": variant,
             "max_batch_size": options.max_batch_size,
-            "artifacts": {name: artifacts[name] for name in names},
+            "artifacts": {name: files[name] for name in names},
         }
         for variant, names in variant_artifacts.items()
     }
 
+
+def check_variants(
+    staging: Path,
+    variant_specs: dict[str, dict],
+    photo_sets: PhotoSets,
+    options: BuildOptions,
+    weights: Path | None,
+    input_hash: str,
+) -> dict:
+    """Load each variant the way the handler will and compare it with fp32; run the digits check.
+
+    Returns the accuracy report; its "passed" is False when a configured gate failed.
+    """
     logger.info("checking agreement and latency of the built variants")
     loaded = {variant: handler.load_model(staging, spec) for variant, spec in variant_specs.items()}
-    reference_logits = loaded["fp32"].logits(evaluation)
+    reference = loaded["fp32"].logits(photo_sets.evaluation)
+    threshold = options.photo_agreement_threshold
     photo_report = {
-        "arch": arch,
-        "weights": "file" if weights is not None else f"random (seed {options.seed}), BatchNorm stats from calibration photos",
-        "calibration_images": len(calibration),
-        "evaluation_images": len(evaluation),
+        "arch": options.arch,
+        "weights": weights.name
+        if weights is not None
+        else f"random (seed {options.seed}), BatchNorm stats from calibration photos",
+        "calibration_images": len(photo_sets.calibration),
+        "evaluation_images": len(photo_sets.evaluation),
         "photo_sources": "scikit-image, scikit-learn and matplotlib sample photos; "
         "calibration and evaluation use disjoint photos (whole + seeded random crops)",
-        "backends": {variant: loaded_model.backend for variant, loaded_model in loaded.items()},
-        "int8_vs_fp32": compare_logits(reference_logits, loaded["int8"].logits(evaluation)),
-        "gpu_vs_fp32": compare_logits(reference_logits, loaded["gpu"].logits(evaluation)),
-        "agreement_threshold": options.photo_agreement_threshold,
+        "backends": {variant: model.backend for variant, model in loaded.items()},
+        "int8_vs_fp32": compare_logits(reference, loaded["int8"].logits(photo_sets.evaluation)),
+        "gpu_vs_fp32": compare_logits(reference, loaded["gpu"].logits(photo_sets.evaluation)),
+        "agreement_threshold": threshold,
     }
-    photo_report["passed"] = options.photo_agreement_threshold is None or all(
-        photo_report[key]["top1_agreement"] >= options.photo_agreement_threshold
-        for key in ("int8_vs_fp32", "gpu_vs_fp32")
-    )
+    failures = []
+    if threshold is not None:
+        agreements = {key: photo_report[key]["top1_agreement"] for key in ("int8_vs_fp32", "gpu_vs_fp32")}
+        if min(agreements.values()) < threshold:
+            failures.append(f"{options.arch} photo top-1 agreement below {threshold}: {agreements}")
+    photo_report["passed"] = not failures
     report = {
         "input_hash": input_hash,
         "photos": photo_report,
         "latency_ms_batch1": {
             "torch_threads": torch.get_num_threads(),
-            **{f"{variant} ({loaded_model.backend})": median_latency_ms(loaded_model) for variant, loaded_model in loaded.items()},
+            **{f"{variant} ({model.backend})": median_latency_ms(model) for variant, model in loaded.items()},
         },
     }
-    failures = []
-    if not photo_report["passed"]:
-        failures.append(
-            f"{arch} photo top-1 agreement below {options.photo_agreement_threshold}: "
-            f"int8 {photo_report['int8_vs_fp32']['top1_agreement']:.4f}, "
-            f"gpu {photo_report['gpu_vs_fp32']['top1_agreement']:.4f}"
-        )
     if options.digits is not None:
         logger.info("training and quantizing the digits model")
         try:
@@ -351,25 +368,16 @@ def _build_into(
             report["digits"] = error.report
             failures.append(str(error))
     report["passed"] = not failures
-    if failures:
-        # Kept for diagnosis; build.json still describes the previous good build.
-        (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        raise AgreementError("; ".join(failures), report)
+    report["failures"] = failures
+    return report
 
-    (staging / CALIBRATION_DIR).mkdir(exist_ok=True)
-    np.savez_compressed(
-        staging / CALIBRATION_DIR / f"{arch}-calibration.npz",
-        images=np.stack([np.asarray(crop) for crop in calibration_crops]),
-        photos=np.array([path.name for path in calibration_paths]),
-    )
-    (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
 
+def archive_variants(staging: Path, arch: str, variant_specs: dict[str, dict]) -> None:
     logger.info("archiving MARs")
     labels_path = staging / handler.LABELS_FILE
     labels_path.write_text(json.dumps({str(i): name for i, name in imagenet_labels().items()}, indent=0))
-    variants = {}
     for variant, spec in variant_specs.items():
-        spec_dir = staging / f"{variant}-spec"
+        spec_dir = staging / f"{variant}-spec"  # each MAR needs its own file named variant.json
         spec_dir.mkdir()
         (spec_dir / handler.VARIANT_FILE).write_text(json.dumps(spec, indent=2))
         files = [staging / name for name in spec["artifacts"].values()]
@@ -380,15 +388,27 @@ def _build_into(
             extra_files=files[1:] + [labels_path, spec_dir / handler.VARIANT_FILE],
             mar_path=staging / MODEL_STORE / mar_name(arch, variant),
         )
-        variants[variant] = {
+
+
+def describe_build(
+    options: BuildOptions, weights: Path | None, input_hash: str, variant_specs: dict[str, dict], report: dict
+) -> dict:
+    """The build.json manifest."""
+    arch = options.arch
+    backends = report["photos"]["backends"]
+    variants = {
+        variant: {
             "mar": f"{MODEL_STORE}/{mar_name(arch, variant)}",
             "artifacts": list(spec["artifacts"]),
-            "backend": loaded[variant].backend,
+            "backend": backends[variant],  # what the handler picked on this build host
         }
-    variants["gpu"]["tensorrt_compiled"] = handler.ARTIFACT_TENSORRT in gpu_artifacts
-    if not variants["gpu"]["tensorrt_compiled"]:
-        variants["gpu"]["backend_on_cuda_host"] = handler.BACKEND_INDUCTOR_CUDA
-
+        for variant, spec in variant_specs.items()
+    }
+    gpu = variants["gpu"]
+    gpu["tensorrt_compiled"] = handler.ARTIFACT_TENSORRT in gpu["artifacts"]
+    if not gpu["tensorrt_compiled"]:
+        gpu["backend_on_cuda_host"] = handler.BACKEND_INDUCTOR_CUDA
+    digits = report.get("digits")
     return {
         "schema": MANIFEST_SCHEMA,
         "arch": arch,
@@ -401,26 +421,64 @@ def _build_into(
             else {"file": None, "random_init_seed": options.seed, "batchnorm_recalibrated": True}
         ),
         "input_hash": input_hash,
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "max_batch_size": options.max_batch_size,
         "variants": variants,
         "calibration": {
             arch: f"{CALIBRATION_DIR}/{arch}-calibration.npz",
-            **({"digits": f"{CALIBRATION_DIR}/digits-calibration.npz"} if options.digits else {}),
+            **({"digits": f"{CALIBRATION_DIR}/digits-calibration.npz"} if digits else {}),
         },
         "accuracy_report": REPORT_NAME,
         "accuracy": {
             "digits": {
-                key: report["digits"][key]
-                for key in ("fp32_top1_accuracy", "int8_top1_accuracy", "top1_agreement", "agreement_threshold")
+                key: digits[key]
+                for key in (
+                    "fp32_top1_accuracy",
+                    "int8_top1_accuracy",
+                    "top1_agreement",
+                    "agreement_threshold",
+                )
             }
-            if "digits" in report
+            if digits
             else None,
-            f"{arch}_int8_top1_agreement": photo_report["int8_vs_fp32"]["top1_agreement"],
-            f"{arch}_gpu_top1_agreement": photo_report["gpu_vs_fp32"]["top1_agreement"],
+            f"{arch}_int8_top1_agreement": report["photos"]["int8_vs_fp32"]["top1_agreement"],
+            f"{arch}_gpu_top1_agreement": report["photos"]["gpu_vs_fp32"]["top1_agreement"],
         },
     }
+
+
+def _build_into(
+    staging: Path,
+    out_dir: Path,
+    options: BuildOptions,
+    weights: Path | None,
+    gpu_build_backend: str,
+    input_hash: str,
+) -> dict:
+    logger.info("preparing calibration and evaluation photos")
+    photo_sets = prepare_photos(options)
+    calibration_batches = list(photo_sets.calibration.split(8))
+    model = load_classifier(options.arch, weights, options.seed)
+    if weights is None:
+        recalibrate_batchnorm(model, calibration_batches)
+
+    variant_specs = write_artifacts(model, staging, options, calibration_batches, gpu_build_backend)
+    report = check_variants(staging, variant_specs, photo_sets, options, weights, input_hash)
+    if not report["passed"]:
+        # Kept for diagnosis; build.json still describes the previous good build.
+        (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        raise AgreementError("; ".join(report["failures"]), report)
+
+    (staging / CALIBRATION_DIR).mkdir(exist_ok=True)
+    np.savez_compressed(
+        staging / CALIBRATION_DIR / f"{options.arch}-calibration.npz",
+        images=np.stack([np.asarray(crop) for crop in photo_sets.calibration_crops]),
+        photos=np.array([path.name for path in photo_sets.calibration_paths]),
+    )
+    (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    archive_variants(staging, options.arch, variant_specs)
+    return describe_build(options, weights, input_hash, variant_specs, report)
 
 
 def _publish(staging: Path, out_dir: Path, manifest: dict) -> None:
@@ -457,7 +515,8 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"  {key}: top-1 agreement {c['top1_agreement']:.4f}, top-5 overlap {c['top5_overlap']:.4f}, "
                 f"fp32 top-1 in top-5 {c['reference_top1_in_candidate_top5']:.4f}, "
-                f"logit cosine {c['logit_cosine_similarity']:.5f}, relative error {c['logit_relative_error']:.4f}"
+                f"logit cosine {c['logit_cosine_similarity']:.5f}, "
+                f"relative error {c['logit_relative_error']:.4f}"
             )
         reference = photo["int8_vs_fp32"]
         lines.append(

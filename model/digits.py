@@ -37,7 +37,7 @@ class DigitsSettings:
     calibration_samples: int = 256
 
     @classmethod
-    def fast(cls) -> "DigitsSettings":
+    def fast(cls) -> DigitsSettings:
         """A few seconds of training, for tests."""
         return cls(epochs=6, width=16, calibration_samples=128)
 
@@ -133,9 +133,7 @@ def calibration_subset(split: DigitsSplit, samples: int, seed: int) -> torch.Ten
     return split.train_images[chosen]
 
 
-def digits_report(
-    fp32_model: nn.Module, int8_model: nn.Module, split: DigitsSplit, threshold: float
-) -> dict:
+def digits_report(fp32_model: nn.Module, int8_model: nn.Module, split: DigitsSplit, threshold: float) -> dict:
     with torch.inference_mode():
         fp32_logits = fp32_model(split.test_images)
         int8_logits = int8_model(split.test_images)
@@ -186,7 +184,9 @@ def run_digits_check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=DigitsSettings.epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.99)

@@ -22,9 +22,7 @@ def detect_gpu_build_backend() -> str:
     return choose_gpu_backend(cuda_available, cuda_available and tensorrt_importable())
 
 
-def compile_tensorrt_fp16(
-    model: torch.nn.Module, image_size: int, max_batch_size: int, path: Path
-) -> None:
+def compile_tensorrt_fp16(model: torch.nn.Module, image_size: int, max_batch_size: int, path: Path) -> None:
     """Compile model to a TensorRT FP16 engine with a dynamic batch dimension and save it.
 
     The model is cast to half so the engine runs FP16 under TensorRT's explicit

@@ -12,7 +12,6 @@ import importlib.util
 import random
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 # (package, path inside the package) of natural photos; synthetic test patterns,

@@ -72,4 +72,3 @@ def save_torchscript(module: torch.nn.Module, example_input: torch.Tensor, path:
     with deprecations_silenced(), torch.no_grad():
         scripted = torch.jit.freeze(torch.jit.trace(module, example_input).eval())
         torch.jit.save(scripted, str(path))
-

@@ -108,9 +108,7 @@ def decode_image(payload: bytes | bytearray, max_pixels: int) -> Image.Image:
     # Image.open only parsed the header, so a decompression bomb costs nothing yet.
     width, height = image.size
     if width * height > max_pixels:
-        raise InvalidInput(
-            f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels"
-        )
+        raise InvalidInput(f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels")
     try:
         image.load()
         return image.convert("RGB")

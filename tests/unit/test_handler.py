@@ -40,7 +40,9 @@ class TinyClassifier(nn.Module):
         return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
 
 
-def write_model_dir(path: Path, variant: str = "fp32", max_batch_size: int = 8, with_trt: bool = False) -> Path:
+def write_model_dir(
+    path: Path, variant: str = "fp32", max_batch_size: int = 8, with_trt: bool = False
+) -> Path:
     """A model directory shaped like an unpacked tiergate MAR."""
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -52,7 +54,9 @@ def write_model_dir(path: Path, variant: str = "fp32", max_batch_size: int = 8, 
     else:
         artifacts = {handler.ARTIFACT_FP32: "tiny-fp32.pt2"}
         batch = torch.export.Dim("batch", min=1, max=max_batch_size)
-        torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(path / "tiny-fp32.pt2"))
+        torch.export.save(
+            torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(path / "tiny-fp32.pt2")
+        )
     if with_trt:
         artifacts[handler.ARTIFACT_TENSORRT] = "never-loaded-without-cuda.ep"
     spec = {"arch": "tiny", "variant": variant, "max_batch_size": max_batch_size, "artifacts": artifacts}
@@ -80,7 +84,12 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +139,9 @@ def test_batch_runs_one_forward_and_matches_single_requests(fp32_handler, fp32_d
     forward_batches = []
     module = fp32_handler.model.module
     fp32_handler.model.module = lambda x: forward_batches.append(len(x)) or module(x)
-    answers, context = run(fp32_handler, fp32_dir, [{"data": photo_jpeg}, {"body": png}, {"data": photo_jpeg}])
+    answers, context = run(
+        fp32_handler, fp32_dir, [{"data": photo_jpeg}, {"body": png}, {"data": photo_jpeg}]
+    )
 
     assert forward_batches == [3]
     assert [status(context, i) for i in range(3)] == [200, 200, 200]
@@ -269,7 +280,6 @@ def test_gpu_mar_without_cuda_falls_back_to_cpu_fp32_never_tensorrt(tmp_path, ph
     assert len(answer) == 5
 
 
-
 def test_torchserve_model_loader_finds_the_entry_point_and_initializes(tmp_path, photo_jpeg, monkeypatch):
     """TorchServe imports handler.py as a top-level module and calls handle(None, ctx) first."""
     model_dir = write_model_dir(tmp_path / "unpacked-mar", variant="int8")
@@ -279,7 +289,10 @@ def test_torchserve_model_loader_finds_the_entry_point_and_initializes(tmp_path,
     try:
         service = TsModelLoader().load("tiny", str(model_dir), handler="handler.py", batch_size=2)
         batch = [
-            {"requestId": request_id, "parameters": [{"name": "body", "value": body, "contentType": "image/jpeg"}]}
+            {
+                "requestId": request_id,
+                "parameters": [{"name": "body", "value": body, "contentType": "image/jpeg"}],
+            }
             for request_id, body in ((b"good", photo_jpeg), (b"bad", b"junk"))
         ]
         headers, inputs, _ = Service.retrieve_data_for_inference(batch)

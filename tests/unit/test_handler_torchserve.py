@@ -41,8 +41,19 @@ def torchserve(tmp_path_factory):
     archive_mar("tiny", Path(handler.__file__), files[0], files[1:], root / "store" / "tiny-int8.mar")
 
     inference, management, metrics, grpc = free_ports(4)
-    model_config = {"tiny": {"1.0": {"defaultVersion": True, "marName": "tiny-int8.mar", "minWorkers": 1,
-                                     "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 500, "responseTimeout": 60}}}
+    model_config = {
+        "tiny": {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": "tiny-int8.mar",
+                "minWorkers": 1,
+                "maxWorkers": 1,
+                "batchSize": 4,
+                "maxBatchDelay": 500,
+                "responseTimeout": 60,
+            }
+        }
+    }
     (root / "config.properties").write_text(
         "\n".join(
             [

@@ -37,7 +37,11 @@ def test_artifact_layout_matches_the_contract(built):
         assert mar.is_file() and built.mar_path(variant) == mar
         assert built.manifest["variants"][variant]["mar"] == f"model-store/resnet18-{variant}.mar"
         manifest = read_mar(mar, "MAR-INF/MANIFEST.json")["model"]
-        assert (manifest["modelName"], manifest["modelVersion"], manifest["handler"]) == ("resnet18", "1.0", "handler.py")
+        assert (manifest["modelName"], manifest["modelVersion"], manifest["handler"]) == (
+            "resnet18",
+            "1.0",
+            "handler.py",
+        )
         spec = read_mar(mar, "variant.json")
         assert spec["variant"] == variant and spec["arch"] == "resnet18"
         assert len(read_mar(mar, "index_to_name.json")) == 1000
@@ -139,7 +143,9 @@ def test_cli_passes_arguments_and_fails_on_a_broken_gate(monkeypatch, tmp_path, 
 
     def fake_build(out, arch, weights, seed, **options):
         calls.append((out, arch, weights, seed, options))
-        raise AgreementError("digits int8/fp32 top-1 agreement 0.5 is below the threshold 0.99", {"digits": {}})
+        raise AgreementError(
+            "digits int8/fp32 top-1 agreement 0.5 is below the threshold 0.99", {"digits": {}}
+        )
 
     monkeypatch.setattr(build_module, "build_models", fake_build)
     status = build_module.main(["--arch", "resnet50", "--out", str(tmp_path), "--seed", "3", "--force"])

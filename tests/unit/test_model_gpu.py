@@ -10,7 +10,12 @@ from model import gpu
 
 @pytest.mark.parametrize(
     "cuda, trt, expected",
-    [(True, True, "tensorrt-fp16"), (True, False, "inductor-cuda"), (False, True, "cpu-fp32"), (False, False, "cpu-fp32")],
+    [
+        (True, True, "tensorrt-fp16"),
+        (True, False, "inductor-cuda"),
+        (False, True, "cpu-fp32"),
+        (False, False, "cpu-fp32"),
+    ],
 )
 def test_build_backend_follows_host_capabilities(monkeypatch, cuda, trt, expected):
     monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: cuda)
