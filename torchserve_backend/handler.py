@@ -49,6 +49,9 @@ ARTIFACT_TENSORRT = "tensorrt-fp16-exported-program"
 MAX_IMAGE_PIXELS_ENV = "TIERGATE_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 ACCEPTED_IMAGE_FORMATS = ("JPEG", "PNG")
+# Resizing the short side to 256 scales the long side by the same factor, so a
+# 2x100000 image (legal by pixel count) would become gigapixels: bound the ratio.
+MAX_ASPECT_RATIO = 20
 TOP_K = 5
 
 RESIZE_SIZE = 256
@@ -109,6 +112,10 @@ def decode_image(payload: bytes | bytearray, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidInput(f"image is {width}x{height} pixels, over the limit of {max_pixels} pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InvalidInput(
+            f"image is {width}x{height} pixels; aspect ratios beyond {MAX_ASPECT_RATIO}:1 are not accepted"
+        )
     try:
         image.load()
         return image.convert("RGB")

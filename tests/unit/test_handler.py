@@ -202,6 +202,18 @@ def test_decompression_bomb_is_refused_before_decoding(fp32_handler, fp32_dir, m
     assert "limit" in answers[0]["message"]
 
 
+def test_extreme_aspect_ratio_is_refused_before_resizing():
+    # Few pixels, but resizing the short side to 256 would make it 3.2 gigapixels.
+    started = time.perf_counter()
+    with pytest.raises(handler.InvalidInput, match="aspect ratio"):
+        handler.decode_image(png_declaring(2, 25_000), handler.DEFAULT_MAX_IMAGE_PIXELS)
+    assert time.perf_counter() - started < 1.0
+    panorama = handler.decode_image(
+        encode(Image.new("RGB", (400, 40)), "PNG"), handler.DEFAULT_MAX_IMAGE_PIXELS
+    )
+    assert handler.preprocess_image(panorama).shape == (3, 224, 224)
+
+
 def test_pixel_limit_is_our_own_and_configurable(fp32_dir, monkeypatch):
     # 7000x7000 is under PIL's built-in bomb limit, so only the handler's limit refuses it.
     with pytest.raises(handler.InvalidInput, match="7000x7000"):
