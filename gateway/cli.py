@@ -9,7 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .stack import StackError, read_status, run_supervisor, start_detached, stop_stack
+from .shadow_report import ReportError, write_report
+from .stack import StackError, read_status, reload_stack, run_supervisor, start_detached, stop_stack
 
 DEFAULT_STATE_DIR = Path(".tiergate")
 
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     down = commands.add_parser("down", help="stop everything `tiergate up` started")
     _state_dir(down)
 
+    reload = commands.add_parser("reload", help="apply the config file's gateway policy to the running stack")
+    _state_dir(reload)
+
     status = commands.add_parser("status", help="show the running stack")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     _state_dir(status)
@@ -40,10 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a gateway YAML file")
     check.add_argument("config", type=Path)
 
+    shadow = commands.add_parser("shadow", help="shadow tests")
+    report = shadow.add_subparsers(dest="shadow_command", required=True).add_parser(
+        "report", help="summary table and PNG plot from the shadow log"
+    )
+    report.add_argument("name", nargs="?", help="one shadow test (default: all)")
+    report.add_argument("--config", type=Path, default=None, help="gateway YAML naming the shadow_log")
+    report.add_argument("--log", type=Path, default=None, help="the shadow log itself (overrides --config)")
+    report.add_argument("--plot", type=Path, default=None, help="PNG to write (default: next to the log)")
+
     args = parser.parse_args(argv)
     try:
         return _run(args)
-    except (ConfigError, StackError) as exc:
+    except (ConfigError, StackError, ReportError) as exc:
         print(f"tiergate: {exc}", file=sys.stderr)
         return 1
 
@@ -61,6 +74,10 @@ def _run(args: argparse.Namespace) -> int:
         stopped = stop_stack(args.state_dir)
         print("stopped" if stopped else "nothing running")
         return 0
+    if args.command == "reload":
+        reload_stack(args.state_dir)
+        print("reloaded")
+        return 0
     if args.command == "status":
         state = read_status(args.state_dir)
         if args.json:
@@ -76,6 +93,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         config = load_config(args.config)
         print(f"{args.config}: ok ({len(config.tiers)} tiers, {len(config.pools)} pools)")
+        return 0
+    if args.command == "shadow":
+        log = args.log or load_config(args.config or default_config()).shadow_log
+        print(write_report(log, args.name, args.plot))
         return 0
     raise AssertionError(args.command)
 

@@ -1024,10 +1024,6 @@ http {
         server 127.0.0.1:@TORCHSERVE_PORT@;
         keepalive 32;
     }
-    map $http_authorization $pool_token_ok {
-        default 0;
-        "Bearer ${POOL_TOKEN}" 1;
-    }
     server {
         listen @LISTEN_PORT@;
         proxy_http_version 1.1;
@@ -1039,7 +1035,7 @@ http {
             proxy_pass http://torchserve;
         }
         location /predictions/ {
-            if ($pool_token_ok = 0) {
+            if ($http_authorization != "Bearer ${POOL_TOKEN}") {
                 return 401 '{"code": 401, "type": "PoolTokenRejected", "message": "missing or wrong pool token"}';
             }
             proxy_pass http://torchserve;
@@ -1059,7 +1055,7 @@ key_file=/run/torchserve/key_file.json
 inference_key=""
 until [ -n "$inference_key" ]; do
     # key_file.json is written once TorchServe is up; read it flattened, retry until complete.
-    inference_key=$(tr -d ' \\n' < "$key_file" 2>/dev/null | sed -n 's/.*"inference":{"key":"\\([^"]*\\)".*/\\1/p')
+    inference_key=$( (tr -d ' \\n' < "$key_file") 2>/dev/null | sed -n 's/.*"inference":{"key":"\\([^"]*\\)".*/\\1/p')
     [ -n "$inference_key" ] || sleep 1
 done
 printf '%s' "$inference_key" > /tmp/torchserve-inference-key

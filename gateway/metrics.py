@@ -71,6 +71,7 @@ COALESCED = Counter(
     ["tier", "model"],
 )
 CACHE = Counter("tiergate_cache_lookups", "Response cache lookups", ["model", "result"])
+BREAKER_OPENED = Counter("tiergate_breaker_opened", "Times a pool's circuit breaker opened", ["pool"])
 BREAKER_STATE = Gauge(
     "tiergate_breaker_state", "Circuit breaker per pool: 0 closed, 1 half-open, 2 open",
     ["pool"],
@@ -85,3 +86,40 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+# Shadow tests (gateway/shadow.py), labelled by the shadow test's name from the config.
+# `pair` is "candidate" (primary vs candidate) or "baseline" (primary vs itself, noise_baseline).
+SHADOW_MIRRORED = Counter("tiergate_shadow_mirrored", "Sampled requests sent to a shadow test's target", ["shadow"])
+SHADOW_DROPPED = Counter(
+    "tiergate_shadow_dropped", "Sampled requests not mirrored because the test's shadow calls were all in flight",
+    ["shadow"],
+)
+SHADOW_ERRORS = Counter(
+    "tiergate_shadow_errors", "Shadow samples that could not be compared, by failing call and kind",
+    ["shadow", "call", "kind"],
+)
+SHADOW_TOP1 = Counter(
+    "tiergate_shadow_top1", "Compared samples by whether both answers share the top-1 class",
+    ["shadow", "pair", "result"],
+)
+SHADOW_OUTCOMES = Counter(
+    "tiergate_shadow_outcomes", "Compared samples by verdict: agree, disagree (logged), noisy (primary disagrees with itself)",
+    ["shadow", "outcome"],
+)
+SHADOW_OVERLAP = Histogram(
+    "tiergate_shadow_topk_overlap", "Share of top-k classes both answers list",
+    ["shadow", "pair"], buckets=(0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 1.0),
+)
+SHADOW_MAX_DELTA = Histogram(
+    "tiergate_shadow_max_abs_delta", "Largest |Δprobability| between the two answers' top-k classes",
+    ["shadow", "pair"], buckets=(0.0, 0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+SHADOW_LATENCY_DELTA = Histogram(
+    "tiergate_shadow_latency_delta_seconds", "Candidate call time minus the primary's time in the gateway",
+    ["shadow"],
+    buckets=(-2.5, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, 0.0,
+             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+SHADOW_LOG_DROPPED = Counter(
+    "tiergate_shadow_log_dropped", "Shadow log rows lost because the writer fell behind or failed", ["shadow"]
+)

@@ -1,5 +1,6 @@
 """The request pipeline: admitted call → coalesce (singleflight, cache) → route (pool
-choice, limits, breaker) → pool client, with the outcome recorded in metrics.
+choice, limits, breaker) → pool client, with the outcome recorded in metrics; an answer
+is then offered to the shadow stage, which mirrors samples in the background.
 
 Each stage is its own module with one small interface; this module only orders them.
 """
@@ -17,6 +18,7 @@ from .config import GatewayConfig
 from .errors import GatewayError
 from .pool_client import PoolClient, Transport
 from .route import Reply, Router
+from .shadow import ShadowStage
 
 
 class Pipeline:
@@ -28,6 +30,7 @@ class Pipeline:
         self.caches = {
             model: ResponseCache(cache.ttl_s, cache.max_bytes) for model, cache in config.cache.items()
         }
+        self.shadows = ShadowStage(config, self.pools)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -39,6 +42,7 @@ class Pipeline:
         try:
             reply = await self._coalesced(call)
             pool, code, backend = reply.pool, 200, reply.inference.backend
+            self.shadows.mirror(call, reply, time.perf_counter() - started)
             return reply
         except GatewayError as exc:
             code, pool = exc.status, exc.pool or pool
@@ -88,6 +92,7 @@ class Pipeline:
     async def close_when_idle(self) -> None:
         """After a config reload: let in-flight calls finish on this pipeline, then close it."""
         await self._idle.wait()
+        await self.shadows.close()  # shadow calls use the transport: before closing it
         await self.pools.transport.aclose()
 
     def _enter(self) -> None:

@@ -127,8 +127,12 @@ class Router:
             metrics.BREAKER_STATE.labels(pool).set(int(breaker.state))
 
     def _failed(self, pool: str) -> None:
-        self.breakers[pool].failed()
-        metrics.BREAKER_STATE.labels(pool).set(int(self.breakers[pool].state))
+        breaker = self.breakers[pool]
+        was_open = breaker.state is State.OPEN
+        breaker.failed()
+        if not was_open and breaker.state is State.OPEN:
+            metrics.BREAKER_OPENED.labels(pool).inc()
+        metrics.BREAKER_STATE.labels(pool).set(int(breaker.state))
 
     @staticmethod
     def _observe(gate: PoolGate) -> None:

@@ -23,7 +23,7 @@ import httpx
 
 from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError, stop_group
 
-from .config import GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig, load_config
 
 READY_TIMEOUT_S = 600.0
 
@@ -60,9 +60,10 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.state.exists() and _alive(json.loads(paths.state.read_text()).get("supervisor_pid")):
         raise StackError(f"a stack is already running from {paths.root}; run `tiergate down` first")
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
 
     started = time.monotonic()
     pools: list[PoolProcess] = []
@@ -89,15 +90,22 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
         _wait_gateway_ready(config)
         ready_after = time.monotonic() - started
 
+        reloads, reload_error = 0, None
+
         def persist() -> None:
-            _write_state(paths, config_path, config, pools, backends, ready_after)
+            _write_state(paths, config_path, config, pools, backends, ready_after, reloads, reload_error)
 
         persist()
         announce(f"tiergate ready in {ready_after:.1f}s at {gateway_url(config)}")
         for process in pools:
             announce(f"  pool {process.spec.name}: {process.spec.inference_url} ({backends[process.spec.name]})")
         restarting: set[str] = set()
-        while not stop.wait(1.0):
+        while not stop.wait(0.2):
+            if reload.is_set():
+                reload.clear()
+                reloads += 1
+                reload_error = _reload_gateway(config_path, announce)
+                persist()
             _restart_exited_pools(pools, restarting, backends, persist, announce, stop)
         announce("stopping")
         return 0
@@ -162,6 +170,24 @@ def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
     serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
 
 
+def _reload_gateway(config_path: Path, announce: Callable[[str], None]) -> str | None:
+    """Apply the config file's gateway policy to the running replicas (Ray Serve calls
+    `reconfigure` on them; nothing restarts); return why not, if it was refused.
+    Pools' local launch settings (ports, workers) take a restart of the stack."""
+    from ray import serve
+
+    from .app import build
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        announce(f"reload refused, keeping the running config: {exc}")
+        return str(exc)
+    serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
+    announce(f"reloaded {config_path}")
+    return None
+
+
 def _stop_gateway() -> None:
     import ray
 
@@ -197,9 +223,13 @@ def _write_state(
     pools: list[PoolProcess],
     backends: dict[str, str],
     ready_after: float,
+    reloads: int,
+    reload_error: str | None,
 ) -> None:
     state = {
         "supervisor_pid": os.getpid(),
+        "reloads": reloads,
+        "reload_error": reload_error,
         "config": str(Path(config_path).resolve()),
         "gateway_url": gateway_url(config),
         "ready_after_s": round(ready_after, 2),
@@ -263,6 +293,24 @@ def stop_stack(state_dir: Path, grace_s: float = 60.0) -> bool:
             stop_group(pool["pid"], 15.0)
     paths.state.unlink(missing_ok=True)
     return True
+
+
+def reload_stack(state_dir: Path, timeout_s: float = 60.0) -> None:
+    """Ask the running supervisor to re-read its config file; wait until it has."""
+    paths = StatePaths(state_dir)
+    if not paths.state.exists():
+        raise StackError("nothing running")
+    state = json.loads(paths.state.read_text())
+    os.kill(state["supervisor_pid"], signal.SIGHUP)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = json.loads(paths.state.read_text())
+        if now["reloads"] > state["reloads"]:
+            if now["reload_error"]:
+                raise StackError(now["reload_error"])
+            return
+        time.sleep(0.1)
+    raise StackError(f"reload not confirmed after {timeout_s:.0f}s\n{_tail(paths.log)}")
 
 
 def read_status(state_dir: Path) -> dict:

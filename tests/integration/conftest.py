@@ -53,6 +53,21 @@ class Stack:
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, trust_env=False, timeout=60.0, **kwargs)
 
+    def apply(self, config: dict) -> None:
+        """Rewrite the running stack's config file and reload it (Ray Serve reconfigure)."""
+        (self.state_dir / "tiergate.yaml").write_text(yaml.safe_dump(config))
+        self.tiergate("reload")
+
+    def pool_metric(self, pool: str, name: str) -> float:
+        """Sum of a TorchServe metric (e.g. ts_inference_requests_total) at one pool."""
+        url = next(p["metrics_url"] for p in self.status()["pools"] if p["name"] == pool)
+        text = httpx.get(url, trust_env=False, timeout=5).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{") or line.startswith(name + " ")
+        )
+
 
 def tiergate(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -20,3 +20,11 @@ def solid_png(colour: tuple[int, int, int], size: int = 96) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def distinct_pngs(count: int, seed: int = 0) -> list[bytes]:
+    """Different images (so coalescing cannot merge them), cheap to decode."""
+    import random
+
+    rng = random.Random(seed)
+    return [solid_png((rng.randrange(256), rng.randrange(256), rng.randrange(256)), size=64) for _ in range(count)]
