@@ -346,7 +346,7 @@ class ShadowStage:
         primary_s: float | None,
     ) -> None:
         name = config.name
-        row = dict(shadow=name, at=time.time(), request_id=call.request_id, tier=call.tier)
+        row = {"shadow": name, "at": time.time(), "request_id": call.request_id, "tier": call.tier}
         if candidate.error is not None:
             metrics.SHADOW_ERRORS.labels(name, "candidate", candidate.error).inc()
             self._log.append(Sample(**row, outcome="error", error=candidate.error))
