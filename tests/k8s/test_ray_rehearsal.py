@@ -1,0 +1,130 @@
+"""Rehearse the RayService on a real Ray cluster: a head and a worker with token auth, and the
+rendered serveConfigV2 deployed through the dashboard's REST API, the way KubeRay does it.
+
+Ray binds every address the machine has, so this runs only inside a private network
+namespace (`make test` provides one); elsewhere it skips. Light on purpose: one worker with
+one CPU, and the pools are not started (the gateway only needs to come up and answer).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gateway.config import parse_config
+from torchserve_backend.launcher import stop_group
+
+from .conftest import one
+
+pytestmark = pytest.mark.integration
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    # --block keeps `ray start` in front, and its own process group holds every Ray process it
+    # starts: the teardown stops exactly those, never another test's Ray.
+    return subprocess.Popen(
+        [RAY, "start", "--block", *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+@pytest.fixture
+def ray_cluster(tmp_path_factory):
+    if [name for _, name in socket.if_nameindex()] != ["lo"]:
+        pytest.skip("starts Ray, which binds every address: run inside a private network namespace (make test)")
+    # Ray's unix socket paths must stay short.
+    temp_dir = Path(f"/tmp/tg-ray-{secrets.token_hex(3)}")
+    logs = tmp_path_factory.mktemp("ray-logs")
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    head = _start(
+        ["--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=0",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env, logs / "head.log",
+    )
+    processes = [head]
+    try:
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        _wait(lambda: httpx.get(f"{dashboard}/api/gcs_healthz", timeout=2).status_code == 200, 120, logs)
+        processes.append(_start(
+            [f"--address=127.0.0.1:{gcs_port}", "--node-ip-address=127.0.0.1", "--num-cpus=1"],
+            env, logs / "worker.log",
+        ))
+        yield {"dashboard": dashboard, "token": token, "logs": logs}
+    finally:
+        for process in reversed(processes):
+            stop_group(process.pid, 20)
+            process.wait(10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait(ready, timeout_s: float, logs: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    tails = "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-20:]) for p in logs.glob("*.log"))
+    raise AssertionError(f"not ready after {timeout_s}s\n{tails}")
+
+
+def test_rendered_serve_config_deploys_through_the_dashboard_api(built, ray_cluster, tmp_path):
+    serve_config = yaml.safe_load(one(built["cpu-only"], "RayService")["spec"]["serveConfigV2"])
+    # Local stand-ins for what the pod provides: the pool token file and a free HTTP port.
+    token_file = tmp_path / "pool-token"
+    token_file.write_text("local-rehearsal-token\n")
+    serve_port = _free_port()
+    serve_config["http_options"].update(host="127.0.0.1", port=serve_port)
+    app = serve_config["applications"][0]
+    for user_config in (app["args"]["config"], app["deployments"][0]["user_config"]):
+        for pool in user_config["pools"].values():
+            pool["auth_token_file"] = str(token_file)
+        parse_config(user_config)
+
+    dashboard, token = ray_cluster["dashboard"], ray_cluster["token"]
+    url = f"{dashboard}/api/serve/applications/"
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        assert client.put(url, json=serve_config).status_code == 401, "the dashboard must refuse a call without the token"
+        authorized = {"Authorization": f"Bearer {token}"}
+        response = client.put(url, json=serve_config, headers=authorized)
+        assert response.status_code == 200, response.text
+
+        def running() -> bool:
+            status = client.get(url, headers=authorized).json()
+            application = status.get("applications", {}).get("tiergate")
+            if application and application["status"] in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise AssertionError(application)
+            return bool(application) and application["status"] == "RUNNING"
+
+        _wait(running, 240, ray_cluster["logs"])
+        deployment = client.get(url, headers=authorized).json()["applications"]["tiergate"]["deployments"]["tiergate"]
+        config = deployment["deployment_config"]
+        assert config["autoscaling_config"]["min_replicas"] == app["deployments"][0]["autoscaling_config"]["min_replicas"]
+        assert config["user_config"] == app["deployments"][0]["user_config"]
+        assert deployment["replicas"] and deployment["replicas"][0]["state"] == "RUNNING"
+
+        health = client.get(f"http://127.0.0.1:{serve_port}/healthz")
+        assert health.status_code == 200, health.text
