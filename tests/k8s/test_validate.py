@@ -21,7 +21,6 @@ import yaml
 
 from gateway.k8s_render import AUTH_PROXY_START
 
-from . import kustomize
 from .conftest import K8S, OVERLAYS, REPO, find, one
 
 # The oldest release these manifests are meant for (PodDisruptionBudget policy/v1, the
