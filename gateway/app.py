@@ -16,7 +16,7 @@ from starlette.responses import Response
 from .config import GatewayConfig, parse_config
 from .errors import GatewayError
 from .http import HttpFront, error_response
-from .pool_client import HttpxTransport
+from .pool_client import AiohttpTransport
 
 
 @serve.deployment(
@@ -31,7 +31,7 @@ class Gateway:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse_config(user_config, "user_config")
-        previous, self._front = self._front, HttpFront(config, HttpxTransport(config.pools))
+        previous, self._front = self._front, HttpFront(config, AiohttpTransport(config.pools))
         if previous is not None:
             # Calls already admitted finish on the old pipeline; new ones use the new one.
             self._draining.add(asyncio.create_task(previous.pipeline.close_when_idle()))
@@ -52,5 +52,11 @@ def build(config: GatewayConfig):
 
 
 def app_builder(args: dict[str, Any]):
-    """Entry point for Ray Serve config files (`import_path: gateway.app:app_builder`)."""
-    return build(parse_config(args.get("config", args), "serve application args"))
+    """Entry point for Ray Serve config files (`import_path: gateway.app:app_builder`).
+
+    With no args the config comes only from the deployment's `user_config` in the Serve
+    config (as on KubeRay), so a config change reconfigures replicas instead of redeploying.
+    """
+    if "config" in args:
+        return build(parse_config(args["config"], "serve application args"))
+    return Gateway.bind()

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a gateway YAML file")
     check.add_argument("config", type=Path)
 
+    commands.add_parser("render-k8s", help="render k8s/ from a gateway config (--config FILE --out DIR)")
+
     shadow = commands.add_parser("shadow", help="shadow tests")
     report = shadow.add_subparsers(dest="shadow_command", required=True).add_parser(
         "report", help="summary table and PNG plot from the shadow log"
@@ -53,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--log", type=Path, default=None, help="the shadow log itself (overrides --config)")
     report.add_argument("--plot", type=Path, default=None, help="PNG to write (default: next to the log)")
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["render-k8s"]:  # its options belong to the renderer
+        from .k8s_render import main as render_k8s
+
+        return render_k8s(argv[1:])
     args = parser.parse_args(argv)
     try:
         return _run(args)

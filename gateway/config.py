@@ -148,6 +148,10 @@ class GatewayConfig(_Strict):
     models: list[str] = Field(default_factory=lambda: ["resnet18"], min_length=1)
     artifacts_dir: Path = Path("artifacts")
     replicas: int = Field(default=1, ge=1, le=64)
+    ingress: Literal["haproxy", "proxy"] = Field(
+        default="haproxy",
+        description="haproxy: Ray Serve's HAProxy ingress straight to replicas (fast); proxy: Serve's Python proxy",
+    )
     coalesce: bool = Field(default=True, description="identical concurrent requests share one backend call")
     cache: dict[str, CacheConfig] = Field(default_factory=dict, description="response cache per model")
     auth: AuthConfig = Field(default_factory=AuthConfig)

@@ -311,7 +311,9 @@ class _Cluster:
                     "name": APP,
                     "route_prefix": "/",
                     "import_path": "gateway.app:app_builder",
-                    "args": {"config": user_config},
+                    # No args: the config travels only as user_config, so changing it is a
+                    # `reconfigure` of the running replicas, not a redeploy.
+                    "args": {},
                     "deployments": [
                         {
                             "name": GATEWAY_DEPLOYMENT,
@@ -337,6 +339,7 @@ class _Cluster:
                 # KubeRay's authOptions injects the same; stated here so that no operator
                 # version can start this cluster without token auth.
                 {"name": "RAY_AUTH_MODE", "value": "token"},
+                {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1" if self.config.ingress == "haproxy" else "0"},
                 {
                     "name": "RAY_AUTH_TOKEN",
                     "valueFrom": {"secretKeyRef": {"name": RAY_AUTH_SECRET, "key": "auth_token"}},

@@ -8,12 +8,14 @@ with the gateway application, and records everything it started in a state file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +41,9 @@ class StatePaths:
         self.log = self.root / "supervisor.log"
         self.pools = self.root / "pools"
         self.metrics = self.root / "metrics"
+        # HAProxy's admin socket path must stay under 97 bytes and Ray appends a 56-byte
+        # node id, so this one lives under a short per-stack name instead of the state dir.
+        self.haproxy = Path(tempfile.gettempdir()) / f"tiergate-{hashlib.sha1(bytes(self.root)).hexdigest()[:8]}"
 
 
 def gateway_url(config: GatewayConfig) -> str:
@@ -158,6 +163,7 @@ def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
 
     shutil.rmtree(paths.metrics, ignore_errors=True)
     paths.metrics.mkdir(parents=True)
+    os.environ.update(ingress_environment(config, paths.haproxy))
     ray.init(
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
@@ -186,6 +192,25 @@ def _reload_gateway(config_path: Path, announce: Callable[[str], None]) -> str |
     serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
     announce(f"reloaded {config_path}")
     return None
+
+
+def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, str]:
+    """Ray Serve's ingress settings, read from the environment when Ray starts.
+
+    HAProxy mode sends requests from HAProxy straight to the replicas, skipping Serve's
+    Python proxy (measured in BENCHMARKS.md). Its files go in a directory of the stack's
+    own, so two stacks on one machine (tests in separate namespaces) never share them.
+    """
+    if config.ingress != "haproxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
+    }
 
 
 def _stop_gateway() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,8 +13,13 @@ PREDICT = "/predictions/resnet18"
 
 
 def burst(stack, bodies: list[bytes], tier: str) -> list[httpx.Response]:
+    """All bodies sent at the same instant, over connections opened beforehand."""
+    start = threading.Barrier(len(bodies))
+
     def send(body: bytes) -> httpx.Response:
         with stack.client() as client:
+            client.get("/healthz")
+            start.wait()
             return client.post(PREDICT, content=body, headers={"X-SLA-Tier": tier})
 
     with ThreadPoolExecutor(len(bodies)) as pool:

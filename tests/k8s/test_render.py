@@ -50,7 +50,8 @@ def test_serve_config_parses_with_ray_and_carries_the_gateway_config(documents, 
     assert deployment.name == Gateway.name
     assert deployment.autoscaling_config["min_replicas"] == config.replicas
     in_cluster = parse_config(deployment.user_config, "user_config")
-    assert app.args["config"] == deployment.user_config
+    # The config travels only as user_config: a change reconfigures replicas, no redeploy.
+    assert app.args == {}
     # Everything but where the pools are and how to reach them is the local stack's config.
     assert in_cluster.tiers == config.tiers
     assert in_cluster.models == config.models

@@ -103,6 +103,8 @@ async def test_unknown_model_method_and_path():
         (httpx.Response(413, text="too big"), 413, "InvalidInput"),
         (httpx.Response(404, json={"message": "Model not found"}), 502, "PoolMisconfigured"),
         (httpx.Response(500, text="worker died"), 502, "PoolError"),
+        (httpx.Response(401, json={"message": "PoolTokenRejected"}), 502, "PoolAuthFailed"),
+        (httpx.Response(400, json={"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed"}), 502, "PoolAuthFailed"),
     ],
 )
 async def test_pool_answers_map_to_gateway_errors(pool_answer, status, error_type):
