@@ -13,6 +13,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
+from . import access_log
 from .config import GatewayConfig, parse_config
 from .errors import GatewayError
 from .http import HttpFront, error_response
@@ -26,6 +27,7 @@ from .pool_client import AiohttpTransport
 )
 class Gateway:
     def __init__(self) -> None:
+        access_log.configure()
         self._front: HttpFront | None = None
         self._draining: set[asyncio.Task] = set()
 

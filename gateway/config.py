@@ -152,6 +152,7 @@ class GatewayConfig(_Strict):
         default="haproxy",
         description="haproxy: Ray Serve's HAProxy ingress straight to replicas (fast); proxy: Serve's Python proxy",
     )
+    access_log: bool = Field(default=True, description="one JSON line per request on stderr (no payloads)")
     coalesce: bool = Field(default=True, description="identical concurrent requests share one backend call")
     cache: dict[str, CacheConfig] = Field(default_factory=dict, description="response cache per model")
     auth: AuthConfig = Field(default_factory=AuthConfig)

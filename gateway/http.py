@@ -14,12 +14,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import admit, metrics
+from . import access_log, admit, metrics
 from .auth import KeyBook, authorize
 from .config import GatewayConfig
 from .errors import GatewayError
 from .pipeline import Pipeline
 from .pool_client import Transport
+from .pool_metrics import pool_exposition
 
 log = logging.getLogger("tiergate")
 
@@ -32,14 +33,18 @@ class HttpFront:
         self.pipeline = Pipeline(config, transport)
 
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
         request_id = admit.request_id(request)
         try:
-            return await self._dispatch(request, request_id)
+            response = await self._dispatch(request, request_id)
         except GatewayError as exc:
-            return error_response(exc, request_id)
+            response = error_response(exc, request_id)
         except Exception:  # a gateway bug: answer, log without the payload, keep serving
             log.exception("unhandled error for request %s", request_id)
-            return error_response(GatewayError(500, "InternalError", "internal gateway error"), request_id)
+            response = error_response(GatewayError(500, "InternalError", "internal gateway error"), request_id)
+        if self.pipeline.config.access_log:
+            access_log.record(request, response, request_id, time.perf_counter() - started)
+        return response
 
     async def _dispatch(self, request: Request, request_id: str) -> Response:
         path, method = request.url.path, request.method
@@ -56,7 +61,8 @@ class HttpFront:
         if path == "/metrics":
             _allow(method, "GET")
             body, content_type = metrics.render()
-            return Response(body, 200, media_type=content_type)
+            pools = await pool_exposition(self.pipeline.config, self.pipeline.pools)
+            return Response(body + pools, 200, media_type=content_type)
         raise GatewayError(404, "NotFound", "no such endpoint; inference is POST /predictions/{model}")
 
     async def _predict(

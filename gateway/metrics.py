@@ -66,6 +66,12 @@ RETRIES = Counter(
     ["tier", "pool", "reason"],
 )
 BACKEND_CALLS = Counter("tiergate_backend_calls", "Inference calls sent to pools", ["pool"])
+BACKEND_LATENCY = Histogram(
+    "tiergate_backend_duration_seconds",
+    "Time a pool took to answer an inference call (excludes time queued in the gateway)",
+    ["pool"],
+    buckets=LATENCY_BUCKETS,
+)
 COALESCED = Counter(
     "tiergate_coalesced", "Requests answered by an identical concurrent request's backend call",
     ["tier", "model"],

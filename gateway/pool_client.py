@@ -10,6 +10,7 @@ Mapping a pool's answer to what the client sees also lives here, in one place.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Protocol
@@ -143,7 +144,20 @@ class PoolClient:
             headers={"content-type": "application/octet-stream", "x-request-id": call.request_id},
         )
         metrics.BACKEND_CALLS.labels(pool).inc()
-        return read_inference(pool, await self.transport.send(pool, request))
+        started = time.perf_counter()
+        try:
+            response = await self.transport.send(pool, request)
+        finally:
+            metrics.BACKEND_LATENCY.labels(pool).observe(time.perf_counter() - started)
+        return read_inference(pool, response)
+
+    async def scrape(self, pool: str, url: str, timeout_s: float) -> str | None:
+        """The pool's Prometheus exposition text, or None when it does not answer in time."""
+        try:
+            response = await self.transport.send(pool, PoolRequest("GET", url, timeout_s=timeout_s))
+        except (PoolUnreachable, PoolDropped, PoolTimeout):
+            return None
+        return response.body.decode("utf-8", "replace") if response.status == 200 else None
 
     async def ping(self, pool: str) -> str | None:
         """None when the pool answers TorchServe's ping healthy, else why not."""

@@ -1,0 +1,69 @@
+"""Pool metrics joined into /metrics, and structured access logs."""
+
+import asyncio
+import json
+import logging
+import time
+
+import httpx
+
+from .fakes import by_pool, gateway, jpeg
+
+TORCHSERVE_METRICS = """# HELP ts_inference_requests_total Total number of inference requests.
+# TYPE ts_inference_requests_total counter
+ts_inference_requests_total{model_name="resnet18",model_version="default",hostname="h"} 7.0
+# HELP ts_queue_latency_microseconds Cumulative queue duration in microseconds
+# TYPE ts_queue_latency_microseconds counter
+ts_queue_latency_microseconds{model_name="resnet18",model_version="default",hostname="h"} 1234.5
+"""
+
+POOLS = {
+    "gpu": {"url": "http://gpu.pool:8080", "metrics_url": "http://gpu.pool:8082/metrics"},
+    "cpu": {"url": "http://cpu.pool:8090", "metrics_url": "http://cpu.pool:8092/metrics"},
+}
+
+
+async def test_pool_series_are_reexported_with_a_pool_label():
+    def handler(request):
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=TORCHSERVE_METRICS)
+        return by_pool(request)
+
+    async with gateway(handler, pools=POOLS) as client:
+        text = (await client.get("/metrics")).text
+    for pool in ("gpu", "cpu"):
+        assert f'ts_inference_requests_total{{hostname="h",model_name="resnet18",model_version="default",pool="{pool}"}} 7.0' in text
+        assert f'tiergate_pool_scrape_up{{pool="{pool}"}} 1.0' in text
+
+
+async def test_a_dead_or_stalled_pool_never_slows_metrics():
+    async def handler(request):
+        if request.url.host == "gpu.pool":
+            await asyncio.sleep(30)  # stalls: the scrape must give up
+        if request.url.host == "cpu.pool":
+            raise httpx.ConnectError("refused", request=request)
+        return by_pool(request)
+
+    async with gateway(handler, pools=POOLS) as client:
+        started = time.monotonic()
+        response = await client.get("/metrics")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 200 and elapsed < 1.5
+    assert 'tiergate_pool_scrape_up{pool="gpu"} 0.0' in response.text
+    assert 'tiergate_pool_scrape_up{pool="cpu"} 0.0' in response.text
+
+
+async def test_access_log_is_one_json_line_without_the_payload(caplog):
+    marker = b"PAYLOAD-MARKER-7f3a"
+    body = jpeg() + marker
+    with caplog.at_level(logging.INFO, logger="tiergate.access"):
+        async with gateway(by_pool) as client:
+            await client.post("/predictions/resnet18", content=body, headers={"X-SLA-Tier": "premium", "X-Request-ID": "req-1"})
+            await client.post("/predictions/resnet18", content=b"not an image " + marker, headers={"X-Request-ID": "req\n2"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "tiergate.access"]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    ok, bad = (json.loads(line) for line in lines)
+    assert ok["request_id"] == "req-1" and ok["status"] == 200
+    assert (ok["tier"], ok["pool"], ok["backend"]) == ("premium", "gpu", "tensorrt-fp16")
+    assert bad["status"] == 400 and bad["request_id"] != "req\n2"  # a control character: replaced
+    assert "PAYLOAD-MARKER" not in caplog.text
