@@ -9,27 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 from bench.loadgen import closed_loop
-from model.photos import load_photo, package_dir
-
-
-def cat_jpeg() -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    load_photo(package_dir("skimage") / "data/chelsea.png").save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def tiergate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True)
+from bench.stack import base_config, cat_jpeg, running_stack
 
 
 async def measure(status: dict, seconds: float) -> list:
@@ -52,19 +35,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    state_dir = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
-    started = time.monotonic()
-    up = tiergate("up", "--detach", "--state-dir", str(state_dir))
-    if up.returncode != 0:
-        print(up.stdout, up.stderr)
-        return 1
-    ready_after = time.monotonic() - started
-    try:
-        status = json.loads(tiergate("status", "--json", "--state-dir", str(state_dir)).stdout)
-        print(f"tiergate up --detach → ready: {ready_after:.1f} s (supervisor: {status['ready_after_s']} s)")
+    with running_stack(base_config()) as status:
+        print(f"tiergate up --detach → ready: {status['ready_s']:.1f} s (supervisor: {status['ready_after_s']} s)")
         results = asyncio.run(measure(status, args.seconds))
-    finally:
-        tiergate("down", "--state-dir", str(state_dir))
     for result in results:
         print(result.row())
     print("\nadded by the gateway (same concurrency, same pool):")

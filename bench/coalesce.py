@@ -1,0 +1,82 @@
+"""Issue 4's figures: backend calls per request and throughput with coalescing on vs
+off, for traffic where 0 %, 50 % and 90 % of concurrent requests repeat one image.
+
+One stack, one run: each traffic mix is measured with coalescing on, then (by a live
+config reload) off, so both see the same machine state.
+    unshare --net -- sh -c 'ip link set lo up && .venv/bin/python -m bench.coalesce'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+
+import httpx
+
+from bench.stack import base_config, distinct_jpegs, gateway_counter, running_stack
+
+
+async def drive(url: str, hot: bytes, unique: list[bytes], duplicates: float, clients: int, seconds: float, seed: int):
+    rng = random.Random(seed)
+    fresh = iter(unique)
+    done = errors = 0
+    latencies: list[float] = []
+    async with httpx.AsyncClient(trust_env=False, timeout=60, limits=httpx.Limits(max_connections=clients)) as client:
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < stop_at:
+                body = hot if rng.random() < duplicates else next(fresh)
+                started = time.perf_counter()
+                response = await client.post(url, content=body, headers={"X-SLA-Tier": "standard"})
+                if response.status_code == 200:
+                    done += 1
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else float("nan")
+    return done, errors, done / elapsed, p99
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--clients", type=int, default=16)
+    args = parser.parse_args()
+    unique = distinct_jpegs(6000, seed=1)
+    hot = distinct_jpegs(1, seed=2)[0]
+    config = base_config()
+    config["pools"]["cpu"].update(max_concurrency=8, max_queue=256)
+    rows = []
+    with running_stack(config) as stack:
+        url = stack["gateway_url"]
+        for duplicates in (0.0, 0.5, 0.9):
+            for coalesce in (True, False):
+                stack["apply"]({**config, "coalesce": coalesce})
+                calls_before = gateway_counter(url, "tiergate_backend_calls_total", pool="cpu")
+                done, errors, rps, p99 = asyncio.run(drive(
+                    url + "/predictions/resnet18", hot, unique, duplicates, args.clients, args.seconds,
+                    seed=int(duplicates * 100)))
+                calls = gateway_counter(url, "tiergate_backend_calls_total", pool="cpu") - calls_before
+                rows.append((duplicates, coalesce, done, errors, calls / max(done + errors, 1), rps, p99))
+                print(f"duplicates {duplicates:.0%} coalesce {'on ' if coalesce else 'off'}: "
+                      f"{done} ok, {errors} errors, backend calls/request {rows[-1][4]:.3f}, "
+                      f"{rps:.1f} rps, p99 {p99:.0f} ms", flush=True)
+    print("\nratios (coalescing on ÷ off, same traffic mix):")
+    for on, off in zip(rows[0::2], rows[1::2]):
+        print(f"  duplicates {on[0]:.0%}: backend calls/request {on[4]:.3f} vs {off[4]:.3f}, "
+              f"throughput ×{on[5] / off[5]:.2f}, p99 {on[6]:.0f} vs {off[6]:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

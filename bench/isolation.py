@@ -1,0 +1,106 @@
+"""Issue 3's figures: is premium isolated from a batch flood?
+
+Premium p99 alone vs premium p99 while `batch` is offered at 3× the CPU pool's
+measured capacity (open loop: arrivals don't wait for answers), the premium error
+count, and the p99 time to a 429. One stack, one run.
+    unshare --net -- sh -c 'ip link set lo up && .venv/bin/python -m bench.isolation'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+import httpx
+
+from bench.stack import base_config, distinct_jpegs, running_stack
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.99 * (len(ordered) - 1))] * 1000 if ordered else float("nan")
+
+
+async def closed(client, url, bodies, tier, seconds, clients=1):
+    """Back-to-back requests from `clients` callers; returns (latencies, statuses)."""
+    latencies, statuses, stop_at = [], [], time.perf_counter() + seconds
+    feed = iter(bodies)
+
+    async def caller():
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            response = await client.post(url, content=next(feed), headers={"X-SLA-Tier": tier})
+            statuses.append(response.status_code)
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    return latencies, statuses
+
+
+async def open_loop(client, url, bodies, tier, rate, seconds):
+    """`rate` arrivals per second regardless of answers; returns [(status, seconds)]."""
+    outcomes, tasks = [], []
+    feed = iter(bodies)
+
+    async def one(body):
+        started = time.perf_counter()
+        try:
+            response = await client.post(url, content=body, headers={"X-SLA-Tier": tier})
+            outcomes.append((response.status_code, time.perf_counter() - started))
+        except httpx.HTTPError:
+            outcomes.append((0, time.perf_counter() - started))
+
+    began = time.perf_counter()
+    sent = 0
+    while (now := time.perf_counter()) < began + seconds:
+        due = int((now - began) * rate) + 1
+        for _ in range(due - sent):
+            tasks.append(asyncio.create_task(one(next(feed))))
+        sent = due
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*tasks)
+    return outcomes
+
+
+async def measure(url: str, seconds: float) -> None:
+    bodies = distinct_jpegs(20000, seed=3)
+    half = len(bodies) // 2
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(trust_env=False, timeout=60, limits=limits) as client:
+        capacity_lat, capacity_status = await closed(client, url, bodies[:2000], "batch", seconds, clients=4)
+        capacity = capacity_status.count(200) / seconds
+        print(f"CPU pool capacity through the gateway (batch, c=4): {capacity:.1f} rps")
+        alone, alone_status = await closed(client, url, bodies[2000:4000], "premium", seconds)
+        flood_task = asyncio.create_task(open_loop(client, url, bodies[half:], "batch", 3 * capacity, seconds))
+        await asyncio.sleep(1)  # let the flood build up before measuring premium
+        loaded, loaded_status = await closed(client, url, bodies[4000:half], "premium", seconds - 1)
+        flood = await flood_task
+    shed = [s for status, s in flood if status == 429]
+    print(f"premium alone:           p99 {p99(alone):7.1f} ms  ({len(alone)} requests, errors {sum(s != 200 for s in alone_status)})")
+    print(f"premium under the flood: p99 {p99(loaded):7.1f} ms  ({len(loaded)} requests, errors {sum(s != 200 for s in loaded_status)})")
+    print(f"batch flood at {3 * capacity:.1f} rps: {len(flood)} sent, "
+          f"{sum(s == 200 for s, _ in flood)} served, {len(shed)} got 429, "
+          f"{sum(s not in (200, 429) for s, _ in flood)} other")
+    print(f"ratio premium p99 flood/alone: {p99(loaded) / p99(alone):.2f}   p99 time to a 429: {p99(shed):.1f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    config = base_config(coalesce=False)
+    config["pools"]["cpu"].update(max_concurrency=2, max_queue=4)
+    config["tiers"] = {
+        "premium": {"pools": ["gpu", "cpu"], "priority": 2, "deadline_ms": 5000, "sheddable": False},
+        "standard": {"pools": ["cpu"], "priority": 1, "deadline_ms": 10000},
+        "batch": {"pools": ["cpu"], "priority": 0, "deadline_ms": 30000},
+    }
+    with running_stack(config) as stack:
+        asyncio.run(measure(stack["gateway_url"] + "/predictions/resnet18", args.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
