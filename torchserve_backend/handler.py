@@ -9,6 +9,11 @@ best one the serving host can run and reports the backend it picked in the
 * ``inductor-cuda`` fp32 ExportedProgram under torch.compile (gpu MAR, CUDA without TensorRT)
 * ``cpu-fp32``      fp32 ExportedProgram run eagerly (fp32 MAR, or gpu MAR on a host without CUDA)
 
+A request is either raw JPEG/PNG bytes (TorchServe's API; answered with a
+``{label: probability}`` top-5) or an Open Inference Protocol JSON object (the
+gateway's ``/v2`` API; answered with that protocol's outputs), so both APIs share
+the pools and their batches.
+
 TorchServe imports this file as a top-level module from the model directory,
 so it must depend only on torch, torchvision and Pillow.  It exposes a
 module-level ``handle`` function (TorchServe's function entry point) rather
@@ -17,9 +22,12 @@ than a single class, which leaves room for helper classes.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -53,6 +61,16 @@ ACCEPTED_IMAGE_FORMATS = ("JPEG", "PNG")
 # 2x100000 image (legal by pixel count) would become gigapixels: bound the ratio.
 MAX_ASPECT_RATIO = 20
 TOP_K = 5
+
+# The Open Inference Protocol (KServe v2) form: a JSON body holding one input tensor,
+# either encoded images or pixels already preprocessed like `preprocess_image` does.
+# The gateway (gateway/v2.py) validates /v2 requests and forwards them in exactly this
+# form; these names and limits are the contract between the two and must match.
+V2_IMAGES_INPUT = "images"  # BYTES [N]: base64 JPEG or PNG files
+V2_PIXELS_INPUT = "pixels"  # FP32 [N, 3, 224, 224]: ImageNet-normalized RGB
+V2_PROBABILITIES_OUTPUT = "top5_probabilities"  # FP32 [N, 5], most likely first
+V2_LABELS_OUTPUT = "top5_labels"  # BYTES [N, 5], the classes of those probabilities
+V2_MAX_IMAGES = 32  # per request: one request must not monopolise a pool's batch
 
 RESIZE_SIZE = 256
 CROP_SIZE = 224
@@ -144,15 +162,72 @@ def request_payload(request: Any) -> Any:
     return request
 
 
+def open_inference_request(request: Any) -> bool:
+    """TorchServe hands application/json bodies over already parsed, so a JSON object is an
+    Open Inference Protocol request and is answered in that protocol's form."""
+    return isinstance(request_payload(request), dict)
+
+
 def request_to_tensor(request: Any, max_pixels: int) -> torch.Tensor:
-    """One model input per request; the single place where input forms are told apart."""
+    """A request's model inputs, (n, 3, 224, 224); the single place where input forms are told apart."""
     payload = request_payload(request)
     if payload is None:
         raise InvalidInput("request has no body; send JPEG or PNG bytes")
     if isinstance(payload, (bytes, bytearray)):
-        return preprocess_image(decode_image(payload, max_pixels))
-    # TorchServe hands JSON bodies over already parsed (dict/list) and text as str.
-    raise InvalidInput("expected a raw JPEG or PNG request body")
+        return preprocess_image(decode_image(payload, max_pixels)).unsqueeze(0)
+    if isinstance(payload, dict):
+        return open_inference_tensor(payload, max_pixels)
+    raise InvalidInput("expected a raw JPEG or PNG request body or an Open Inference Protocol JSON object")
+
+
+def open_inference_tensor(body: dict, max_pixels: int) -> torch.Tensor:
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidInput(
+            f"send exactly one input: {V2_IMAGES_INPUT!r} (BYTES [N]) or "
+            f"{V2_PIXELS_INPUT!r} (FP32 [N,3,{CROP_SIZE},{CROP_SIZE}])"
+        )
+    tensor = inputs[0]
+    name, datatype, shape, data = (tensor.get(key) for key in ("name", "datatype", "shape", "data"))
+    if not isinstance(shape, list) or not shape or not all(type(dim) is int for dim in shape):
+        raise InvalidInput("shape must be a non-empty list of integers")
+    count = shape[0]
+    if not 1 <= count <= V2_MAX_IMAGES:
+        raise InvalidInput(f"a request carries 1 to {V2_MAX_IMAGES} images, not {count}")
+    if not isinstance(data, list):
+        raise InvalidInput("data must be a JSON list (binary tensor data ends at the gateway)")
+    if name == V2_IMAGES_INPUT:
+        if datatype != "BYTES" or shape != [count] or len(data) != count:
+            raise InvalidInput(f"input {V2_IMAGES_INPUT!r} must be BYTES of shape [N] with N elements")
+        return torch.stack([preprocess_image(decode_base64_image(item, index, max_pixels)) for index, item in enumerate(data)])
+    if name == V2_PIXELS_INPUT:
+        pixel_shape = [count, 3, CROP_SIZE, CROP_SIZE]
+        if datatype != "FP32" or shape != pixel_shape or len(data) != math.prod(pixel_shape):
+            raise InvalidInput(
+                f"input {V2_PIXELS_INPUT!r} must be FP32 of shape [N,3,{CROP_SIZE},{CROP_SIZE}], "
+                "its data flat and that many numbers"
+            )
+        try:
+            pixels = torch.tensor(data, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise InvalidInput(f"input {V2_PIXELS_INPUT!r} data must be numbers") from None
+        if pixels.dim() != 1 or not torch.isfinite(pixels).all():
+            raise InvalidInput(f"input {V2_PIXELS_INPUT!r} data must be a flat list of finite numbers")
+        return pixels.reshape(pixel_shape)
+    raise InvalidInput(f"unknown input; this model takes {V2_IMAGES_INPUT!r} or {V2_PIXELS_INPUT!r}")
+
+
+def decode_base64_image(item: Any, index: int, max_pixels: int) -> Image.Image:
+    try:
+        encoded = base64.b64decode(item, validate=True) if isinstance(item, str) else None
+    except binascii.Error:
+        encoded = None
+    if encoded is None:
+        raise InvalidInput(f"{V2_IMAGES_INPUT}[{index}] is not a base64 string")
+    try:
+        return decode_image(encoded, max_pixels)
+    except InvalidInput as error:
+        raise InvalidInput(f"{V2_IMAGES_INPUT}[{index}]: {error}") from None
 
 
 def top_k_labels(probabilities: torch.Tensor, labels: dict[int, str], k: int = TOP_K) -> list[dict]:
@@ -163,6 +238,28 @@ def top_k_labels(probabilities: torch.Tensor, labels: dict[int, str], k: int = T
         {labels.get(int(i), str(int(i))): float(v) for v, i in zip(row_values, row_indices)}
         for row_values, row_indices in zip(values.tolist(), indices.tolist())
     ]
+
+
+def open_inference_answer(probabilities: torch.Tensor, labels: dict[int, str], model_name: str, model_version: str) -> dict:
+    """The Open Inference Protocol response for one request's rows of class probabilities.
+
+    Labels go by class index rather than through a {label: probability} dict, because
+    ImageNet names a few classes twice ("crane", "maillot").
+    """
+    k = min(TOP_K, probabilities.shape[1])
+    values, indices = probabilities.topk(k, dim=1)
+    shape = [len(values), k]
+    return {
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": [
+            {"name": V2_PROBABILITIES_OUTPUT, "datatype": "FP32", "shape": shape, "data": values.flatten().tolist()},
+            {
+                "name": V2_LABELS_OUTPUT, "datatype": "BYTES", "shape": shape,
+                "data": [labels.get(index, str(index)) for index in indices.flatten().tolist()],
+            },
+        ],
+    }
 
 
 def invalid_input_body(message: str) -> dict:
@@ -243,6 +340,8 @@ class TiergateHandler:
         self.model: LoadedModel | None = None
         self.labels: dict[int, str] = {}
         self.variant: dict = {}
+        self.model_name = ""
+        self.model_version = ""
 
     @property
     def initialized(self) -> bool:
@@ -256,6 +355,8 @@ class TiergateHandler:
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         self.variant, self.labels = read_model_dir(model_dir)
+        self.model_name = context.model_name
+        self.model_version = ((context.manifest or {}).get("model") or {}).get("modelVersion", "")
         if self.max_image_pixels is None:
             self.max_image_pixels = max_image_pixels_from_env()
         self.model = load_model(
@@ -288,9 +389,12 @@ class TiergateHandler:
                 responses[idx] = invalid_input_body(str(error))
 
         if inputs:
-            probabilities = self.model.logits(torch.stack(inputs)).softmax(dim=1)
-            for idx, top5 in zip(input_indices, top_k_labels(probabilities, self.labels)):
-                responses[idx] = top5
+            probabilities = self.model.logits(torch.cat(inputs)).softmax(dim=1)
+            for idx, rows in zip(input_indices, probabilities.split([len(tensor) for tensor in inputs])):
+                if open_inference_request(data[idx]):
+                    responses[idx] = open_inference_answer(rows, self.labels, self.model_name, self.model_version)
+                else:
+                    [responses[idx]] = top_k_labels(rows, self.labels)
 
         for idx in range(len(data)):
             context.set_response_header(idx, BACKEND_HEADER, self.backend)
