@@ -23,7 +23,6 @@ than a single class, which leaves room for helper classes.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import logging
@@ -219,11 +218,11 @@ def open_inference_tensor(body: dict, max_pixels: int) -> torch.Tensor:
 
 def decode_base64_image(item: Any, index: int, max_pixels: int) -> Image.Image:
     try:
-        encoded = base64.b64decode(item, validate=True) if isinstance(item, str) else None
-    except binascii.Error:
-        encoded = None
-    if encoded is None:
-        raise InvalidInput(f"{V2_IMAGES_INPUT}[{index}] is not a base64 string")
+        if not isinstance(item, str):
+            raise ValueError
+        encoded = base64.b64decode(item, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII string
+        raise InvalidInput(f"{V2_IMAGES_INPUT}[{index}] is not a base64 string") from None
     try:
         return decode_image(encoded, max_pixels)
     except InvalidInput as error:

@@ -138,6 +138,7 @@ MALFORMED = {
     "images shape [1,1]": (images_tensor(shape=[1, 1]), "must be BYTES of shape [N]"),
     "images data short": (images_tensor(shape=[2]), "N elements"),
     "not base64": (images_tensor(data=["not base64!"]), "images[0] is not a base64 string"),
+    "non-ASCII string": (images_tensor(data=["é"]), "images[0] is not a base64 string"),
     "base64 number": (images_tensor(data=[12]), "images[0] is not a base64 string"),
     "base64 of text": (images_tensor(data=[base64.b64encode(b"hello").decode()]), "images[0]: request body is not a JPEG"),
     "decompression bomb": (images_tensor(data=[base64.b64encode(png_declaring(50_000, 50_000)).decode()]), "limit"),
