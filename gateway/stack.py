@@ -8,6 +8,7 @@ with the gateway application, and records everything it started in a state file.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -51,11 +52,17 @@ def gateway_url(config: GatewayConfig) -> str:
 
 
 def build_artifacts(config: GatewayConfig) -> None:
-    """Build every model's MARs unless they are up to date (the build decides)."""
+    """Build every model's MARs unless they are up to date (the build decides).
+
+    Stacks sharing an artifacts dir take turns: the second finds the first's build current.
+    """
     from model.build import build_models
 
-    for model in config.models:
-        build_models(config.artifacts_dir, arch=model)
+    config.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    with open(config.artifacts_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for model in config.models:
+            build_models(config.artifacts_dir, arch=model)
 
 
 def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str], None] = print) -> int:
