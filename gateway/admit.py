@@ -12,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .config import GatewayConfig
 from .errors import GatewayError, bad_request
@@ -22,8 +22,19 @@ from .errors import GatewayError, bad_request
 IMAGE_CONTENT_TYPES = frozenset(
     {"", "image/jpeg", "image/png", "application/octet-stream", "application/x-www-form-urlencoded"}
 )
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+IMAGE_MAGIC = (JPEG_MAGIC, PNG_MAGIC)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # never "..", "/" or a query
+# The pools' decoding limits (torchserve_backend/handler.py defaults), checked here on the
+# image's declared size so a decompression bomb never costs a pool a decode.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_ASPECT_RATIO = 20
+# Frame-header markers (SOF0..SOF15 without DHT, JPG and DAC) and markers with no length.
+JPEG_FRAME_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
+JPEG_SEGMENTS_SCANNED = 64  # real files reach the frame header within a handful
+JPEG_FILL = re.compile(rb"\xff+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +72,14 @@ def resolve_tier(config: GatewayConfig, request: Request, caller_default: str | 
 def request_id(request: Request) -> str:
     """The caller's X-Request-ID when it is sane, else a fresh one."""
     given = request.headers.get("x-request-id", "")
-    return given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def check_model(config: GatewayConfig, model: str) -> None:
+def check_model(config: GatewayConfig, model: str, version: str | None = None) -> None:
     if model not in config.models:
         raise GatewayError(404, "ModelNotFound", f"no such model; served models: {', '.join(config.models)}")
+    if version is not None and not VERSION.fullmatch(version):
+        raise GatewayError(404, "ModelNotFound", "no such model version")
 
 
 def check_content_type(request: Request) -> None:
@@ -82,17 +95,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     """Read at most `limit` bytes; refuse larger bodies without reading them whole."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # str.isdigit alone takes "²"
             raise bad_request("Content-Length is not a number")
-        if int(declared) > limit:
+        if len(declared) > 18 or int(declared) > limit:  # int() refuses 4300+ digits
             raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise bad_request("the connection closed before the whole body arrived") from None
     return b"".join(chunks)
 
 
@@ -101,6 +117,38 @@ def check_image(body: bytes) -> None:
         raise bad_request("empty body: send the image bytes")
     if not body.startswith(IMAGE_MAGIC):
         raise bad_request("body is not a JPEG or PNG image")
+    size = declared_size(body)
+    if size is None:
+        return  # not found cheaply: the pool's decoder is the judge
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise bad_request(f"image is {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS} pixels")
+    if min(width, height) == 0:
+        raise bad_request(f"image is {width}x{height} pixels: it has none")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise bad_request(
+            f"image is {width}x{height} pixels; aspect ratios beyond {MAX_ASPECT_RATIO}:1 are not accepted"
+        )
+
+
+def declared_size(body: bytes) -> tuple[int, int] | None:
+    """(width, height) as a PNG's IHDR or a JPEG's frame header declares it, without
+    decoding; None when it is not where a well-formed file has it."""
+    if body.startswith(PNG_MAGIC):
+        if body[12:16] != b"IHDR" or len(body) < 24:
+            return None
+        return int.from_bytes(body[16:20], "big"), int.from_bytes(body[20:24], "big")
+    at = 2  # past SOI; each segment is 0xFF fill..., a marker byte, then a 2-byte length
+    for _ in range(JPEG_SEGMENTS_SCANNED):
+        fill = JPEG_FILL.match(body, at)
+        if fill is None or fill.end() + 8 > len(body):
+            return None
+        at = fill.end()
+        marker = body[at]
+        if marker in JPEG_FRAME_MARKERS:  # length, precision, height, width
+            return int.from_bytes(body[at + 6:at + 8], "big"), int.from_bytes(body[at + 4:at + 6], "big")
+        at += 1 if marker in JPEG_STANDALONE_MARKERS else 1 + int.from_bytes(body[at + 1:at + 3], "big")
+    return None
 
 
 def _too_large(limit: int) -> GatewayError:

@@ -14,7 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import access_log, admit, metrics
+from . import access_log, admit, metrics, openapi
 from .auth import KeyBook, authorize
 from .config import GatewayConfig
 from .errors import GatewayError
@@ -31,6 +31,7 @@ class HttpFront:
     def __init__(self, config: GatewayConfig, transport: Transport) -> None:
         self.keys = KeyBook(config.auth)
         self.pipeline = Pipeline(config, transport)
+        self.openapi = orjson.dumps(openapi.document(config, keys_required=self.keys.enabled))
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -63,6 +64,9 @@ class HttpFront:
             body, content_type = metrics.render()
             pools = await pool_exposition(self.pipeline.config, self.pipeline.pools)
             return Response(body + pools, 200, media_type=content_type)
+        if path == "/openapi.json":
+            _allow(method, "GET")
+            return Response(self.openapi, 200, media_type="application/json")
         raise GatewayError(404, "NotFound", "no such endpoint; inference is POST /predictions/{model}")
 
     async def _predict(
@@ -70,7 +74,7 @@ class HttpFront:
     ) -> Response:
         config = self.pipeline.config
         caller = self.keys.identify(request.headers.get("authorization"))
-        admit.check_model(config, model)
+        admit.check_model(config, model, version)
         tier = admit.resolve_tier(config, request, caller.default_tier if caller else None)
         authorize(caller, tier)
         admit.check_content_type(request)
