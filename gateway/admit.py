@@ -47,6 +47,7 @@ class Call:
     body: bytes
     request_id: str
     deadline: float  # time.monotonic() by which the answer is due
+    content_type: str = "application/octet-stream"  # of `body`, as the pool receives it
 
     @property
     def path(self) -> str:

@@ -21,6 +21,7 @@ from .errors import GatewayError
 from .pipeline import Pipeline
 from .pool_client import Transport
 from .pool_metrics import pool_exposition
+from .v2 import OpenInferenceFront
 
 log = logging.getLogger("tiergate")
 
@@ -31,6 +32,7 @@ class HttpFront:
     def __init__(self, config: GatewayConfig, transport: Transport) -> None:
         self.keys = KeyBook(config.auth)
         self.pipeline = Pipeline(config, transport)
+        self.v2 = OpenInferenceFront(self.pipeline, self.keys)
         self.openapi = orjson.dumps(openapi.document(config, keys_required=self.keys.enabled))
 
     async def handle(self, request: Request) -> Response:
@@ -49,6 +51,8 @@ class HttpFront:
 
     async def _dispatch(self, request: Request, request_id: str) -> Response:
         path, method = request.url.path, request.method
+        if path == "/v2" or path.startswith("/v2/"):  # Open Inference Protocol, with its own error shape
+            return await self.v2.handle(request, request_id)
         match = PREDICT.match(path)
         if match:
             _allow(method, "POST")

@@ -141,7 +141,7 @@ class PoolClient:
             self._urls[pool] + call.path,
             timeout_s=time_left,
             body=call.body,
-            headers={"content-type": "application/octet-stream", "x-request-id": call.request_id},
+            headers={"content-type": call.content_type, "x-request-id": call.request_id},
         )
         metrics.BACKEND_CALLS.labels(pool).inc()
         started = time.perf_counter()
