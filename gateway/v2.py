@@ -25,6 +25,7 @@ Errors on these paths are `{"error": message}` with the status the TorchServe AP
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.metadata
 import logging
@@ -50,6 +51,9 @@ MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|in
 HEADER_LENGTH = "inference-header-content-length"  # the binary tensor data extension
 JSON_CONTENT_TYPES = frozenset({"", "application/json"})  # tritonclient sends none
 BINARY_CONTENT_TYPES = JSON_CONTENT_TYPES | {"application/octet-stream"}
+# Larger bodies are parsed off the event loop, so calls already admitted keep flowing
+# (below it a thread hand-off costs more than the parse).
+PARSE_IN_THREAD_BYTES = 64 * 1024
 
 # The contract with the pools' handler (its V2_* constants): names, shapes and limits must match.
 IMAGES, PIXELS = "images", "pixels"
@@ -124,7 +128,10 @@ class OpenInferenceFront:
         authorize(caller, tier)
         header_length = binary_header_length(request)
         body = await admit.read_body(request, config.max_body_bytes)
-        infer = parse_infer_request(body, header_length)
+        if len(body) > PARSE_IN_THREAD_BYTES:
+            infer = await asyncio.to_thread(parse_infer_request, body, header_length)
+        else:
+            infer = parse_infer_request(body, header_length)
         if len(infer.pool_body) > config.max_body_bytes:  # e.g. binary FP32 grown into JSON
             raise GatewayError(
                 413, "PayloadTooLarge", f"the tensor exceeds the {config.max_body_bytes}-byte limit as JSON"

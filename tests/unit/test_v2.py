@@ -14,8 +14,10 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image
 
-from gateway import metrics
+from gateway import metrics, v2
 from gateway.auth import digest
+
+from torchserve_backend import handler
 
 from .fakes import by_pool, gateway, jpeg
 
@@ -405,3 +407,12 @@ async def test_v2_calls_are_counted_like_torchserve_calls():
             await post_json(client, images_json(jpeg()), headers={"X-SLA-Tier": "batch"})
         await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "batch"})
     assert count("200") == before + 2 + 1
+
+
+def test_gateway_and_handler_agree_on_the_contract():
+    gateway_side = (v2.IMAGES, v2.PIXELS, v2.PROBABILITIES, v2.LABELS, v2.PIXEL_DIMS, v2.TOP_K, v2.MAX_IMAGES)
+    handler_side = (
+        handler.V2_IMAGES_INPUT, handler.V2_PIXELS_INPUT, handler.V2_PROBABILITIES_OUTPUT, handler.V2_LABELS_OUTPUT,
+        (3, handler.CROP_SIZE, handler.CROP_SIZE), handler.TOP_K, handler.V2_MAX_IMAGES,
+    )
+    assert gateway_side == handler_side
