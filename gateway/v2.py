@@ -279,17 +279,20 @@ def _images(tensor: dict, shape: list[int], data: Any, blob: bytes | None) -> di
 def _base64_elements(data: Any, count: int) -> list[bytes]:
     if not isinstance(data, list) or len(data) != count:
         raise bad_request(f"input {IMAGES!r}: data must be a list of N={count} base64 strings")
-    files = []
-    for index, item in enumerate(data):
-        try:
-            if not isinstance(item, str):
-                raise ValueError
-            files.append(base64.b64decode(item, validate=True))
-        except ValueError:  # binascii.Error, or a non-ASCII string
-            raise bad_request(
-                f"{IMAGES}[{index}] is not a base64 string (JSON BYTES carry images base64-encoded)"
-            ) from None
+    files = [_decode_base64(item) for item in data]
+    for index, file in enumerate(files):
+        if file is None:
+            raise bad_request(f"{IMAGES}[{index}] is not a base64 string (JSON BYTES carry images base64-encoded)")
     return files
+
+
+def _decode_base64(item: Any) -> bytes | None:
+    if not isinstance(item, str):
+        return None
+    try:
+        return base64.b64decode(item, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII string
+        return None
 
 
 def _split_bytes_elements(blob: bytes, count: int) -> list[bytes]:

@@ -221,12 +221,13 @@ def open_inference_tensor(body: dict, max_pixels: int) -> torch.Tensor:
 
 
 def decode_base64_image(item: Any, index: int, max_pixels: int) -> Image.Image:
+    not_base64 = InvalidInput(f"{V2_IMAGES_INPUT}[{index}] is not a base64 string")
+    if not isinstance(item, str):
+        raise not_base64
     try:
-        if not isinstance(item, str):
-            raise ValueError
         encoded = base64.b64decode(item, validate=True)
     except ValueError:  # binascii.Error, or a non-ASCII string
-        raise InvalidInput(f"{V2_IMAGES_INPUT}[{index}] is not a base64 string") from None
+        raise not_base64 from None
     try:
         return decode_image(encoded, max_pixels)
     except InvalidInput as error:

@@ -10,7 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.unit.test_handler import LABELS, PHOTO, encode, make_context, png_declaring, run, status, write_model_dir
+from tests.unit.test_handler import (
+    LABELS,
+    PHOTO,
+    encode,
+    make_context,
+    png_declaring,
+    run,
+    status,
+    write_model_dir,
+)
 from torchserve_backend import handler
 
 

@@ -16,7 +16,6 @@ from PIL import Image
 
 from gateway import metrics, v2
 from gateway.auth import digest
-
 from torchserve_backend import handler
 
 from .fakes import by_pool, gateway, jpeg
