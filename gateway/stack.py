@@ -29,6 +29,9 @@ from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError, s
 from .config import ConfigError, GatewayConfig, load_config
 
 READY_TIMEOUT_S = 600.0
+# How long stopping lets accepted requests finish before Serve is shut down regardless
+# (the longest tier deadline of the bundled config is 30 s; most calls take well under 1 s).
+DRAIN_TIMEOUT_S = 20.0
 
 
 class StackError(RuntimeError):
@@ -125,7 +128,7 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
         announce(f"tiergate failed to start: {exc}")
         return 1
     finally:
-        _stop_gateway()
+        _stop_gateway(config, paths)
         for process in pools:
             process.stop()
         paths.state.unlink(missing_ok=True)
@@ -220,16 +223,66 @@ def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, s
     }
 
 
-def _stop_gateway() -> None:
+def _stop_gateway(config: GatewayConfig, paths: StatePaths) -> None:
     import ray
 
     if ray.is_initialized():
         from ray import serve
 
         try:
+            if config.ingress == "haproxy":
+                drain_haproxy(paths.haproxy, DRAIN_TIMEOUT_S)
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def drain_haproxy(haproxy_dir: Path, timeout_s: float) -> None:
+    """Stop admitting and let accepted requests finish, for at most timeout_s.
+
+    serve.shutdown() SIGKILLs HAProxy, resetting every request in flight. A soft stop
+    (SIGUSR1) first: HAProxy releases the port (new connections are refused), answers what
+    it accepted, closes each keep-alive connection with its next response, and exits.
+    Ray restarts an HAProxy that exited after a few health checks (~10 s): a restarted one
+    is soft-stopped too, until none is left.
+    """
+    signalled: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running = {pid for pid in haproxy_pids(haproxy_dir) if _running(pid)}
+        if not running:
+            return
+        for pid in running - signalled:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+            signalled.add(pid)
+        time.sleep(0.1)
+
+
+def haproxy_pids(haproxy_dir: Path) -> list[int]:
+    """The HAProxy processes Ray Serve runs for this stack (their config lives in haproxy_dir)."""
+    ours = str(haproxy_dir) + os.sep
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile
+            continue
+        if Path(argv[0]).name == "haproxy" and any(arg.startswith(ours) for arg in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to reap it."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _wait_gateway_ready(config: GatewayConfig, timeout_s: float = 120.0) -> None:

@@ -17,8 +17,12 @@ from starlette.requests import Request
 
 from gateway.config import parse_config
 from gateway.http import HttpFront
-from torchserve_backend.handler import DEFAULT_MAX_IMAGE_PIXELS, InvalidInput, decode_image
 from tests.unit.fakes import HandlerTransport, config_data
+from torchserve_backend.handler import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    InvalidInput,
+    decode_image,
+)
 
 from .inputs import MARKER
 

@@ -5,6 +5,7 @@ request comes back; bad input never reaches a pool; the gateway keeps serving.""
 from __future__ import annotations
 
 import io
+import itertools
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -16,7 +17,16 @@ from gateway.auth import digest
 
 from .harness import Gateway, assert_client_fault_answer
 from .inputs import (
-    BODIES, HEADER_VALUES, HEADERS, METHODS, PATHS, PREDICT, SMALL_IMAGES, encoded, jpeg_declaring, png_declaring,
+    BODIES,
+    HEADER_VALUES,
+    HEADERS,
+    METHODS,
+    PATHS,
+    PREDICT,
+    SMALL_IMAGES,
+    encoded,
+    jpeg_declaring,
+    png_declaring,
 )
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -39,7 +49,7 @@ def keyed_gateway():
 
 def split(body: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({0, len(body), *(cut % (len(body) + 1) for cut in cuts)})
-    return [body[a:b] for a, b in zip(points, points[1:])] or [b""]
+    return [body[a:b] for a, b in itertools.pairwise(points)] or [b""]
 
 
 @FUZZ
