@@ -10,10 +10,12 @@ import asyncio
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
 from . import access_log
+from .coalescer import Coalescer, RemoteCoalescer
 from .config import GatewayConfig, parse_config
 from .errors import GatewayError
 from .http import HttpFront, error_response
@@ -26,14 +28,16 @@ from .pool_client import AiohttpTransport
     ray_actor_options={"num_cpus": 0},
 )
 class Gateway:
-    def __init__(self) -> None:
+    def __init__(self, coalescer: DeploymentHandle | None = None) -> None:
         access_log.configure()
+        self._coalescer = coalescer
         self._front: HttpFront | None = None
         self._draining: set[asyncio.Task] = set()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse_config(user_config, "user_config")
-        previous, self._front = self._front, HttpFront(config, AiohttpTransport(config.pools))
+        remote = RemoteCoalescer(config, self._coalescer) if self._coalescer is not None else None
+        previous, self._front = self._front, HttpFront(config, AiohttpTransport(config.pools), remote)
         if previous is not None:
             # Calls already admitted finish on the old pipeline; new ones use the new one.
             self._draining.add(asyncio.create_task(previous.pipeline.close_when_idle()))
@@ -47,10 +51,11 @@ class Gateway:
 
 def build(config: GatewayConfig):
     """The bound application for `serve.run`, carrying the config as user_config."""
-    return Gateway.options(
-        num_replicas=config.replicas,
-        user_config=config.model_dump(mode="json"),
-    ).bind()
+    user_config = config.model_dump(mode="json")
+    gateway = Gateway.options(num_replicas=config.replicas, user_config=user_config)
+    if config.coalesce_scope == "cluster":
+        return gateway.bind(Coalescer.options(num_replicas=config.coalescer_replicas, user_config=user_config).bind())
+    return gateway.bind()
 
 
 def app_builder(args: dict[str, Any]):
@@ -61,4 +66,6 @@ def app_builder(args: dict[str, Any]):
     """
     if "config" in args:
         return build(parse_config(args["config"], "serve application args"))
+    if args.get("coalesce_scope") == "cluster":
+        return Gateway.bind(Coalescer.bind())
     return Gateway.bind()

@@ -154,6 +154,12 @@ class GatewayConfig(_Strict):
     )
     access_log: bool = Field(default=True, description="one JSON line per request on stderr (no payloads)")
     coalesce: bool = Field(default=True, description="identical concurrent requests share one backend call")
+    coalesce_scope: Literal["replica", "cluster"] = Field(
+        default="replica",
+        description="replica: within each gateway replica; cluster: identical requests from every replica"
+        " meet on one coalescer replica (chosen by consistent hashing of the request key), one handle hop more",
+    )
+    coalescer_replicas: int = Field(default=2, ge=1, le=64, description="coalescer replicas when scope is cluster")
     cache: dict[str, CacheConfig] = Field(default_factory=dict, description="response cache per model")
     auth: AuthConfig = Field(default_factory=AuthConfig)
     shadows: list[ShadowTest] = Field(default_factory=list)
@@ -192,6 +198,8 @@ class GatewayConfig(_Strict):
                     )
             if len(set(tier.pools)) != len(tier.pools):
                 raise ValueError(f"tier {tier_name!r} lists a pool twice: {tier.pools}")
+        if self.coalesce_scope == "cluster" and not self.coalesce:
+            raise ValueError("coalesce_scope: cluster needs coalesce: true")
         names = [shadow.name for shadow in self.shadows]
         if len(set(names)) != len(names):
             raise ValueError(f"shadow test names must be unique: {names}")

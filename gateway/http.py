@@ -18,7 +18,7 @@ from . import access_log, admit, metrics, openapi
 from .auth import KeyBook, authorize
 from .config import GatewayConfig
 from .errors import GatewayError
-from .pipeline import Pipeline
+from .pipeline import Coalesce, Pipeline
 from .pool_client import Transport
 from .pool_metrics import pool_exposition
 from .v2 import OpenInferenceFront
@@ -29,9 +29,9 @@ PREDICT = re.compile(r"^/predictions/([^/]+)(?:/([^/]+))?/?$")
 
 
 class HttpFront:
-    def __init__(self, config: GatewayConfig, transport: Transport) -> None:
+    def __init__(self, config: GatewayConfig, transport: Transport, remote: Coalesce | None = None) -> None:
         self.keys = KeyBook(config.auth)
-        self.pipeline = Pipeline(config, transport)
+        self.pipeline = Pipeline(config, transport, remote)
         self.v2 = OpenInferenceFront(self.pipeline, self.keys)
         self.openapi = orjson.dumps(openapi.document(config, keys_required=self.keys.enabled))
 

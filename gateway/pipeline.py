@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Awaitable, Callable
 
 from . import metrics
 from .admit import Call
@@ -20,12 +21,18 @@ from .pool_client import PoolClient, Transport
 from .route import Reply, Router
 from .shadow import ShadowStage
 
+Coalesce = Callable[[Call], Awaitable[Reply]]
+
 
 class Pipeline:
-    def __init__(self, config: GatewayConfig, transport: Transport) -> None:
+    def __init__(self, config: GatewayConfig, transport: Transport, remote: Coalesce | None = None) -> None:
+        """`remote`: where calls are coalesced and routed when that happens in another
+        deployment (coalesce_scope: cluster); by default this pipeline does it itself."""
         self.config = config
         self.pools = PoolClient(config.pools, transport)
-        self.router = Router(config)
+        self._remote = remote
+        routing_replicas = config.coalescer_replicas if config.coalesce_scope == "cluster" else config.replicas
+        self.router = Router(config, routing_replicas)
         self.flights: Singleflight[Reply] = Singleflight()
         self.caches = {
             model: ResponseCache(cache.ttl_s, cache.max_bytes) for model, cache in config.cache.items()
@@ -40,7 +47,7 @@ class Pipeline:
         pool, code, backend = metrics.UNKNOWN, 500, metrics.UNKNOWN
         self._enter()
         try:
-            reply = await self._coalesced(call)
+            reply = await (self._remote or self.coalesce)(call)
             pool, code, backend = reply.pool, 200, reply.inference.backend
             self.shadows.mirror(call, reply, time.perf_counter() - started)
             return reply
@@ -54,7 +61,8 @@ class Pipeline:
                 time.perf_counter() - started
             )
 
-    async def _coalesced(self, call: Call) -> Reply:
+    async def coalesce(self, call: Call) -> Reply:
+        """Coalesce (singleflight, cache), then route to a pool."""
         cache = self.caches.get(call.model)
         if not self.config.coalesce and cache is None:
             return await self.router.dispatch(call, self.pools.infer)

@@ -34,10 +34,11 @@ class Reply:
 
 
 class Router:
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, replicas: int) -> None:
+        """`replicas`: how many processes route to the pools, each holding its share of the limits."""
         self.config = config
         self.gates = {
-            name: PoolGate(name, math.ceil(pool.max_concurrency / config.replicas), pool.max_queue)
+            name: PoolGate(name, math.ceil(pool.max_concurrency / replicas), pool.max_queue)
             for name, pool in config.pools.items()
         }
         self.breakers = {

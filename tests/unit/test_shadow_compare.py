@@ -5,18 +5,17 @@ import math
 import random
 import time
 
-import httpx
 import orjson
 import pytest
 from prometheus_client import REGISTRY
 
 from gateway.admit import Call
 from gateway.config import parse_config
-from gateway.pool_client import HttpxTransport, Inference, PoolClient
+from gateway.pool_client import Inference, PoolClient
 from gateway.route import Reply
 from gateway.shadow import Comparison, ShadowStage, compare, judge, parse_top_k
 
-from .fakes import config_data
+from .fakes import HandlerTransport, config_data
 
 
 def test_identical_answers_compare_equal():
@@ -81,7 +80,7 @@ def stage(tmp_path, rate: float, seed: int, name: str, **shadow) -> ShadowStage:
     async def hang(request):
         await never.wait()
 
-    return ShadowStage(config, PoolClient(config.pools, HttpxTransport(config.pools, httpx.MockTransport(hang))),
+    return ShadowStage(config, PoolClient(config.pools, HandlerTransport(hang)),
                        rng=random.Random(seed))
 
 
