@@ -26,7 +26,7 @@ import httpx
 
 from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError, stop_group
 
-from .config import ConfigError, GatewayConfig, load_config
+from .config import GatewayConfig, load_config
 
 READY_TIMEOUT_S = 600.0
 # How long stopping lets accepted requests finish before Serve is shut down regardless
@@ -196,10 +196,10 @@ def _reload_gateway(config_path: Path, announce: Callable[[str], None]) -> str |
 
     try:
         config = load_config(config_path)
-    except ConfigError as exc:
+        serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
+    except Exception as exc:  # a failed reload must never take the running stack down
         announce(f"reload refused, keeping the running config: {exc}")
         return str(exc)
-    serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
     announce(f"reloaded {config_path}")
     return None
 
@@ -380,7 +380,7 @@ def stop_stack(state_dir: Path, grace_s: float = 60.0) -> bool:
     return True
 
 
-def reload_stack(state_dir: Path, timeout_s: float = 60.0) -> None:
+def reload_stack(state_dir: Path, timeout_s: float = 180.0) -> None:
     """Ask the running supervisor to re-read its config file; wait until it has."""
     paths = StatePaths(state_dir)
     if not paths.state.exists():

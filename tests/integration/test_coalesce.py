@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from .images import distinct_pngs
+from .test_zz_pool_failure import wait_for
 
 PREDICT = "/predictions/resnet18"
 
@@ -44,3 +45,21 @@ def test_different_bodies_are_never_merged(stack):
     after = stack.pool_metric("cpu", "ts_inference_requests_total")
     assert after - before == 4
     assert not any(a.headers.get("x-tiergate-coalesced") for a in answers)
+
+
+def test_identical_requests_meet_across_gateway_replicas(stack):
+    """Two gateway replicas behind HAProxy, coalescing in a keyed coalescer deployment."""
+    stack.apply({**stack.config, "replicas": 2, "coalesce_scope": "cluster", "coalescer_replicas": 2})
+    try:
+        with stack.client() as client:
+            wait_for(lambda: client.get("/readyz").status_code == 200, 60)
+        for seed in (50, 51, 52):  # several keys, so more than one coalescer replica is exercised
+            body = distinct_pngs(1, seed=seed)[0]
+            before = stack.pool_metric("cpu", "ts_inference_requests_total")
+            answers = burst(stack, [body] * 8, "standard")
+            after = stack.pool_metric("cpu", "ts_inference_requests_total")
+            assert [a.status_code for a in answers] == [200] * 8
+            assert after - before == 1
+            assert sum(a.headers.get("x-tiergate-coalesced") == "1" for a in answers) == 7
+    finally:
+        stack.apply(stack.config)
