@@ -1,0 +1,84 @@
+"""Issue 4's micro-batching question: would batching requests in the gateway beat
+TorchServe's own batching (`batch_size`/`max_batch_delay`)?
+
+Gateway-side batching would send N images to the pool in one call. Its best case is a
+client doing that itself: one Open Inference Protocol request with N images (the handler
+runs them as one batch). So, images/s through the gateway to the int8 CPU pool:
+  A  N concurrent single-image requests, pool batch_size 1
+  B  N concurrent single-image requests, pool batch_size N (TorchServe batches them)
+  C  one N-image v2 request at a time, pool batch_size 1 (gateway-side batching, best case)
+Two stacks (batch settings need a pool restart), one run.
+    unshare --net -- sh -c 'ip link set lo up && .venv/bin/python -m bench.microbatch'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import sys
+import time
+
+import aiohttp
+import orjson
+
+from bench.stack import base_config, distinct_jpegs, running_stack
+
+
+async def images_per_second(url: str, bodies: list[bytes], n: int, seconds: float, v2: bool) -> float:
+    feed = iter(bodies)
+    images = 0
+    stop_at = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def one_caller() -> None:
+            nonlocal images
+            while time.perf_counter() < stop_at:
+                if v2:
+                    batch = [base64.b64encode(next(feed)).decode() for _ in range(n)]
+                    payload = orjson.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [n], "data": batch}]})
+                    request = session.post(f"{url}/v2/models/resnet18/infer", data=payload,
+                                           headers={"Content-Type": "application/json", "X-SLA-Tier": "standard"})
+                else:
+                    request = session.post(f"{url}/predictions/resnet18", data=next(feed),
+                                           headers={"Content-Type": "image/jpeg", "X-SLA-Tier": "standard"})
+                async with request as response:
+                    await response.read()
+                    if response.status == 200:
+                        images += n if v2 else 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one_caller() for _ in range(1 if v2 else n)))
+        return images / (time.perf_counter() - began)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("-n", type=int, default=8)
+    args = parser.parse_args()
+    bodies = distinct_jpegs(20000, seed=5)
+    results = {}
+    for batch_size in (1, args.n):
+        config = base_config(coalesce=False)
+        config["pools"]["cpu"]["local"].update(batch_size=batch_size, max_batch_delay_ms=5)
+        config["pools"]["cpu"].update(max_concurrency=args.n * 2, max_queue=256)
+        with running_stack(config) as stack:
+            url = stack["gateway_url"]
+            asyncio.run(images_per_second(url, bodies[:200], args.n, 3, v2=False))  # warm-up
+            results[("single", batch_size)] = asyncio.run(
+                images_per_second(url, bodies[200:10000], args.n, args.seconds, v2=False))
+            if batch_size == 1:
+                results[("v2", batch_size)] = asyncio.run(
+                    images_per_second(url, bodies[10000:], args.n, args.seconds, v2=True))
+        print(f"pool batch_size {batch_size}: " + ", ".join(
+            f"{kind} {rate:.1f} img/s" for (kind, size), rate in results.items() if size == batch_size), flush=True)
+    a, b, c = results[("single", 1)], results[("single", args.n)], results[("v2", 1)]
+    print(f"\nA {args.n} concurrent singles, pool batch 1:        {a:7.1f} img/s")
+    print(f"B {args.n} concurrent singles, pool batch {args.n}:        {b:7.1f} img/s  (×{b / a:.2f} vs A)")
+    print(f"C one {args.n}-image request at a time, pool batch 1: {c:7.1f} img/s  (×{c / a:.2f} vs A, ×{c / b:.2f} vs B)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
