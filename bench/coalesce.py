@@ -76,11 +76,32 @@ def main() -> int:
                 print(f"duplicates {duplicates:.0%} coalesce {'on ' if coalesce else 'off'}: "
                       f"{done} ok, {errors} errors, backend calls/request {rows[-1][4]:.3f}, "
                       f"{rps:.1f} rps, p99 {p99:.0f} ms", flush=True)
+        # What the hop to a keyed coalescer costs: c=1, unique images, two gateway replicas.
+        hops = {}
+        for scope in ("replica", "cluster"):
+            stack["apply"]({**config, "replicas": 2, "coalesce_scope": scope})
+            asyncio.run(drive(url + "/predictions/resnet18", hot, unique[-400:], 0.0, 1, 3, seed=7))  # warm-up
+            hops[scope] = asyncio.run(p50_at_c1(url + "/predictions/resnet18", unique[:3000], args.seconds))
+            print(f"coalesce_scope {scope}: c=1 p50 {hops[scope]:.2f} ms", flush=True)
     print("\nratios (coalescing on ÷ off, same traffic mix):")
     for on, off in zip(rows[0::2], rows[1::2]):
         print(f"  duplicates {on[0]:.0%}: backend calls/request {on[4]:.3f} vs {off[4]:.3f}, "
               f"throughput ×{on[5] / off[5]:.2f}, p99 {on[6]:.0f} vs {off[6]:.0f} ms")
+    print(f"  cluster-wide coalescing hop: +{hops['cluster'] - hops['replica']:.2f} ms p50 at c=1")
     return 0
+
+
+async def p50_at_c1(url: str, bodies: list[bytes], seconds: float) -> float:
+    latencies = []
+    feed = iter(bodies)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as client:
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            async with client.post(url, data=next(feed), headers={"X-SLA-Tier": "standard", "Content-Type": "image/jpeg"}) as response:
+                await response.read()
+            latencies.append((time.perf_counter() - started) * 1000)
+    return sorted(latencies)[len(latencies) // 2]
 
 
 if __name__ == "__main__":
