@@ -193,6 +193,10 @@ def read_inference(pool: str, response: PoolResponse) -> Inference:
             503, "PoolOverloaded", f"pool {pool!r} is at capacity; retry later",
             {"Retry-After": "1"}, pool=pool,
         )
+    if status == 404 and b"ModelVersionNotFoundException" in response.body:
+        # The client named a version the pool does not have: its fault, and no sign of a
+        # broken pool (counted as one, a few such calls would open the pool's breaker).
+        raise GatewayError(404, "ModelNotFound", "no such model version", pool=pool)
     if status == 404:
         raise GatewayError(502, "PoolMisconfigured", f"pool {pool!r} does not serve this model", pool=pool)
     if status in (401, 403) or (status == 400 and b"InvalidKeyException" in response.body):

@@ -54,6 +54,12 @@ class DecodingPool:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/ping":
             return httpx.Response(200, json={"status": "Healthy"})
+        version = request.url.path.removeprefix("/predictions/resnet18").strip("/")
+        if version not in ("", "1.0"):  # what TorchServe says of a version it does not have
+            return httpx.Response(404, json={
+                "code": 404, "type": "ModelVersionNotFoundException",
+                "message": f"Model version: {version} does not exist for model: resnet18",
+            })
         self.bodies_seen.append(request.content)
         try:
             decode_image(request.content, DEFAULT_MAX_IMAGE_PIXELS)

@@ -164,6 +164,13 @@ def test_model_versions_that_could_steer_the_pool_url_are_404(gateway, version):
     assert len(gateway.pool.bodies_seen) == before
 
 
+def test_unknown_model_versions_are_404_and_never_open_the_breaker(gateway):
+    for _ in range(10):  # twice what opens a breaker, were they counted as pool failures
+        answer = gateway.call("POST", f"{PREDICT}/9.9", [(b"x-sla-tier", b"premium")], [SMALL_IMAGES[0]])
+        assert answer.status == 404 and answer.json()["type"] == "ModelNotFound"
+    assert gateway.call("POST", PREDICT, [(b"x-sla-tier", b"premium")], [SMALL_IMAGES[0]]).status == 200
+
+
 def test_still_serving_after_the_fuzzing(gateway):
     for tier in (b"premium", b"standard", b"batch"):
         answer = gateway.call("POST", PREDICT, [(b"x-sla-tier", tier)], [SMALL_IMAGES[0]])
