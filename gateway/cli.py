@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("config", type=Path)
 
     commands.add_parser("render-k8s", help="render k8s/ from a gateway config (--config FILE --out DIR)")
+    commands.add_parser(
+        "bench", help="gateway overhead vs NGINX, a FastAPI proxy and direct TorchServe (bench/overhead.py; --help)"
+    )
 
     shadow = commands.add_parser("shadow", help="shadow tests")
     report = shadow.add_subparsers(dest="shadow_command", required=True).add_parser(
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         from .k8s_render import main as render_k8s
 
         return render_k8s(argv[1:])
+    if argv[:1] == ["bench"]:  # its options belong to the harness
+        from .bench import main as bench
+
+        return bench(argv[1:])
     args = parser.parse_args(argv)
     try:
         return _run(args)
