@@ -73,6 +73,10 @@ class PoolProcess:
         env = {
             **os.environ,
             "TMPDIR": str(dirs["tmp"]),
+            # TorchServe names its worker sockets <java.io.tmpdir>/.ts.sock.<port>, ports
+            # counting from 9000 in every instance: without this, pools on one machine
+            # share /tmp/.ts.sock.9000 and a frontend can attach to another pool's worker.
+            "JAVA_TOOL_OPTIONS": f"-Djava.io.tmpdir={dirs['tmp']}",
             "LOG_LOCATION": str(dirs["logs"]),
             "METRICS_LOCATION": str(dirs["metrics"]),
             # Pools share the machine's cores: each gets a fixed share instead of all of them.
