@@ -60,10 +60,10 @@ def in_private_netns() -> bool:
     return interfaces == ["lo"]
 
 
-def run_isolated(argv: list[str]) -> int:
-    """Run this harness again inside a fresh network namespace with only loopback up."""
+def run_isolated(argv: list[str], module: str = "bench.overhead") -> int:
+    """Run a harness again inside a fresh network namespace with only loopback up."""
     command = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "isolated",
-               PYTHON, "-m", "bench.overhead", *argv]
+               PYTHON, "-m", module, *argv]
     return subprocess.call(command, cwd=ROOT)
 
 
