@@ -4,14 +4,14 @@ fail and nothing may grow.
     unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m bench.soak --minutes 10'
 
 Starts a stack (bench.stack), measures its capacity with a closed loop, then sends an open
-loop at --load x capacity: premium, standard and batch in turn, distinct images (so neither
-coalescing nor a cache answers for the pools). Every --every seconds it samples VmRSS, open
-file descriptors and threads of every process serving traffic: the gateway replicas and
-HAProxy (Ray), each pool's TorchServe frontend (java) and its workers. It passes when every
-request succeeded, no process was replaced, RSS grew at most --max-rss-growth after the
-warm-up, file descriptors and threads did not grow, and nothing is left in flight or queued
-in the gateway afterwards. (Asyncio tasks live inside the replica: tests/fuzz/test_no_leaks.py
-counts them in-process.)
+loop at --load x capacity: premium, standard and batch in turn, no two bodies alike (so
+neither coalescing nor a cache answers for the pools). Every --every seconds it samples
+VmRSS, open file descriptors and threads of every process serving traffic: the gateway
+replicas and HAProxy (Ray), each pool's TorchServe frontend (java) and its workers. It
+passes when every request succeeded, no process was replaced, RSS grew at most
+--max-rss-growth after the warm-up, descriptors and threads are back where they were once
+idle, and nothing is left in flight or queued in the gateway. (Asyncio tasks live inside
+the replica: tests/fuzz/test_no_leaks.py counts them in-process.)
 """
 
 from __future__ import annotations
@@ -22,15 +22,18 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import cycle
+from itertools import count
 from pathlib import Path
 
 import httpx
 
 PREDICT = "/predictions/resnet18"
 TIERS = ("premium", "standard", "batch")
-FD_SLACK = 4  # connections come and go: a few descriptors either way are not a trend
+# Idle keep-alive connections close on timers of their own: a few either way are not a leak.
+FD_SLACK, THREAD_SLACK = 8, 2
+IDLE_PAUSE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -128,29 +131,35 @@ async def _post(client: httpx.AsyncClient, body: bytes, tier: str) -> str:
     return str(response.status_code)
 
 
+def unique_requests(bodies: list[bytes]) -> Iterator[tuple[bytes, str]]:
+    """(body, tier): tiers in turn, and no two bodies alike (a counter after the image's end,
+    which decoders ignore), so neither coalescing nor a response cache stands in for a pool."""
+    for index in count():
+        yield bodies[index % len(bodies)] + b"#%d" % index, TIERS[index % len(TIERS)]
+
+
 async def measure_capacity(url: str, bodies: list[bytes], seconds: float, concurrency: int = 8) -> float:
     """Answers per second of a closed loop sending the soak's tier mix, after a short warm-up."""
     counted_from, until = time.monotonic() + min(5.0, seconds / 3), time.monotonic() + seconds
+    requests = unique_requests(bodies)
     answered = 0
 
-    async def worker(index: int) -> None:
+    async def worker() -> None:
         nonlocal answered
-        requests = zip(cycle(bodies[index:] + bodies[:index]), cycle(TIERS))
         while time.monotonic() < until:
-            body, tier = next(requests)
-            outcome = await _post(client, body, tier)
+            outcome = await _post(client, *next(requests))
             if outcome == "200" and time.monotonic() >= counted_from:
                 answered += 1
 
     async with _client(url, concurrency) as client:
-        await asyncio.gather(*(worker(index) for index in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
     return answered / (until - counted_from)
 
 
 async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, tally: Tally) -> None:
     """`rate` requests a second on a fixed schedule, whatever the answers' latency."""
     started = time.monotonic()
-    requests = zip(cycle(bodies), cycle(TIERS))
+    requests = unique_requests(bodies)
     pending: set[asyncio.Task] = set()
 
     async def one(body: bytes, tier: str) -> None:
@@ -186,35 +195,46 @@ async def _sample_every(processes: list[Serving], every_s: float, samples: list[
             pass
 
 
-def growth(samples: list[dict], processes: list[Serving], warmup_s: float, max_rss_growth: float) -> dict:
-    """Per process: RSS, fds and threads just after warm-up against the end of the run
-    (medians of the first and last three samples), and whether that is growth."""
+def idle_sample(processes: list[Serving]) -> dict[int, dict[str, int] | None]:
+    """A sample once connections of a finished load have had time to close."""
+    time.sleep(IDLE_PAUSE_S)
+    return {process.pid: sample(process.pid) for process in processes}
+
+
+def growth(
+    samples: list[dict],
+    idle_before: dict[int, dict | None],
+    idle_after: dict[int, dict | None],
+    processes: list[Serving],
+    warmup_s: float,
+    max_rss_growth: float,
+) -> dict:
+    """Per process: RSS just after warm-up against the end of the load (medians of the
+    first and last three samples), descriptors and threads idle before against idle after
+    (under load they follow the number of connections open, not a leak), and whether
+    any of it grew."""
     report = {}
     settled = [entry for entry in samples if entry["t"] >= warmup_s]
     for process in processes:
         series = [entry[str(process.pid)] for entry in settled]
-        if not series or any(point is None for point in series):
+        before, after = idle_before[process.pid], idle_after[process.pid]
+        if not series or None in series or before is None or after is None:
             report[process.pid] = {"role": process.role, "problem": "exited during the soak"}
             continue
-        first, last = series[:3], series[-3:]
-        figures = {
-            key: (statistics.median(p[key] for p in first), statistics.median(p[key] for p in last))
-            for key in ("rss_kib", "fds", "threads")
-        }
-        rss_before, rss_after = figures["rss_kib"]
+        rss_before = statistics.median(point["rss_kib"] for point in series[:3])
+        rss_after = statistics.median(point["rss_kib"] for point in series[-3:])
         problems = []
         if rss_after > rss_before * (1 + max_rss_growth):
             problems.append(f"RSS grew {100 * (rss_after / rss_before - 1):.1f} %")
-        if figures["fds"][1] > figures["fds"][0] + FD_SLACK:
-            problems.append(f"fds grew {figures['fds'][0]:.0f} -> {figures['fds'][1]:.0f}")
-        if figures["threads"][1] > figures["threads"][0]:
-            problems.append(f"threads grew {figures['threads'][0]:.0f} -> {figures['threads'][1]:.0f}")
+        for key, slack in (("fds", FD_SLACK), ("threads", THREAD_SLACK)):
+            if after[key] > before[key] + slack:
+                problems.append(f"{key} grew {before[key]} -> {after[key]}")
         report[process.pid] = {
             "role": process.role,
             "rss_mib": [round(rss_before / 1024, 1), round(rss_after / 1024, 1)],
             "rss_growth_pct": round(100 * (rss_after / rss_before - 1), 2),
-            "fds": list(figures["fds"]),
-            "threads": list(figures["threads"]),
+            "fds": [before["fds"], after["fds"]],
+            "threads": [before["threads"], after["threads"]],
             "problem": "; ".join(problems) or None,
         }
     return report
@@ -246,6 +266,7 @@ def soak(
     rate = load * capacity
     warmup_s = seconds / 5 if warmup_s is None else warmup_s
     processes = stack_processes(status)
+    idle_before = idle_sample(processes)
     tally, samples = Tally(), []
 
     async def run() -> None:
@@ -258,7 +279,7 @@ def soak(
     began = time.monotonic()
     asyncio.run(run())
     backlog = gateway_backlog(url)
-    processes_report = growth(samples, processes, warmup_s, max_rss_growth)
+    processes_report = growth(samples, idle_before, idle_sample(processes), processes, warmup_s, max_rss_growth)
     problems = [f"pid {pid} ({entry['role']}): {entry['problem']}" for pid, entry in processes_report.items() if entry["problem"]]
     if tally.errors:
         problems.append(f"{tally.errors} of {tally.sent} requests failed: {tally.statuses}")
@@ -291,7 +312,7 @@ def markdown(report: dict) -> str:
     lines = [
         summary,
         "",
-        "| process | RSS after warm-up → end (MiB) | growth | fds | threads |",
+        "| process | RSS after warm-up → end (MiB) | growth | fds idle before → after | threads idle before → after |",
         "|---|---|---|---|---|",
     ]
     for pid, entry in report["processes"].items():
@@ -300,7 +321,7 @@ def markdown(report: dict) -> str:
             continue
         lines.append(
             f"| {entry['role']} | {entry['rss_mib'][0]} → {entry['rss_mib'][1]} | {entry['rss_growth_pct']:+.2f} % "
-            f"| {entry['fds'][0]:.0f} → {entry['fds'][1]:.0f} | {entry['threads'][0]:.0f} → {entry['threads'][1]:.0f} |"
+            f"| {entry['fds'][0]} → {entry['fds'][1]} | {entry['threads'][0]} → {entry['threads'][1]} |"
         )
     lines.append("")
     lines.append("problems: " + ("; ".join(report["problems"]) or "none"))
