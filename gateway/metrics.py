@@ -97,8 +97,9 @@ def render() -> tuple[bytes, str]:
 # `pair` is "candidate" (primary vs candidate) or "baseline" (primary vs itself, noise_baseline).
 SHADOW_MIRRORED = Counter("tiergate_shadow_mirrored", "Sampled requests sent to a shadow test's target", ["shadow"])
 SHADOW_DROPPED = Counter(
-    "tiergate_shadow_dropped", "Sampled requests not mirrored because the test's shadow calls were all in flight",
-    ["shadow"],
+    "tiergate_shadow_dropped",
+    "Sampled requests not mirrored: the test's shadow calls were all in flight (full) or its target is down",
+    ["shadow", "reason"],
 )
 SHADOW_ERRORS = Counter(
     "tiergate_shadow_errors", "Shadow samples that could not be compared, by failing call and kind",
