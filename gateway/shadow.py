@@ -11,7 +11,10 @@ blamed on the candidate.
 
 The primary never waits for any of this: a test has at most `max_concurrency` shadow
 calls in flight, and a sample arriving when they are all taken is dropped and
-counted, so a slow or dead target costs the primary nothing but a counter.
+counted, so a slow target costs the primary nothing but a counter. A dead one would
+still cost a failed connection per sample, so each test has a circuit breaker (the
+target pool's `breaker_failures`/`breaker_open_s`): while it is open, samples are
+dropped as `target_down`, and one probe per `breaker_open_s` checks the target again.
 
 Every compared sample lands in the shadow log (SQLite) as one compact row of numbers,
 so agreement and latency can be plotted over time; rows of disagreements also carry
@@ -39,7 +42,8 @@ import orjson
 
 from . import metrics
 from .admit import Call
-from .config import GatewayConfig, ShadowTest
+from .breaker import Breaker
+from .config import GatewayConfig, PoolConfig, ShadowTest
 from .errors import GatewayError
 from .pool_client import PoolClient, PoolDropped, PoolTimeout, PoolUnreachable
 from .route import Reply
@@ -47,6 +51,8 @@ from .route import Reply
 log = logging.getLogger("tiergate.shadow")
 
 Outcome = Literal["agree", "disagree", "noisy", "error"]
+# Errors that mean the target is down (not busy, not refusing this input): they open the breaker.
+TARGET_DOWN = frozenset({"unreachable", "dropped", "timeout", "PoolError"})
 
 
 # --- comparison -------------------------------------------------------------------------
@@ -170,6 +176,7 @@ class DiffLog:
     """Appends samples from the event loop without blocking it; a thread writes them."""
 
     BATCH = 1000
+    FLUSH_S = 0.25
 
     def __init__(self, path: Path, max_rows: int, capacity: int = 10_000) -> None:
         self.path = path
@@ -201,18 +208,25 @@ class DiffLog:
             connection = None
         closing = False
         while not closing:
-            batch = [self._queue.get()]
-            while len(batch) < self.BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            closing = any(item is _CLOSE for item in batch)
+            batch = self._next_batch()
+            closing = batch[-1] is _CLOSE
             samples = [item for item in batch if item is not _CLOSE]
             if samples:
                 self._write(connection, samples)
         if connection is not None:
             connection.close()
+
+    def _next_batch(self) -> list:
+        """The first queued item and whatever follows within FLUSH_S: a transaction costs
+        far more than a row, so rows are written a batch at a time."""
+        batch = [self._queue.get()]
+        flush_at = time.monotonic() + self.FLUSH_S
+        while len(batch) < self.BATCH and batch[-1] is not _CLOSE:
+            try:
+                batch.append(self._queue.get(timeout=max(0.0, flush_at - time.monotonic())))
+            except queue.Empty:
+                break
+        return batch
 
     def _write(self, connection: sqlite3.Connection | None, samples: list[Sample]) -> None:
         try:
@@ -247,9 +261,10 @@ class _Answer:
 
 
 class _Test:
-    def __init__(self, config: ShadowTest) -> None:
+    def __init__(self, config: ShadowTest, target: PoolConfig) -> None:
         self.config = config
         self.inflight = 0
+        self.breaker = Breaker(target.breaker_failures, target.breaker_open_s)
 
     def watches(self, call: Call) -> bool:
         shadow = self.config
@@ -262,7 +277,7 @@ class _Test:
 
 class ShadowStage:
     def __init__(self, config: GatewayConfig, pools: PoolClient, rng: random.Random | None = None) -> None:
-        self._tests = [_Test(test) for test in config.shadows]
+        self._tests = [_Test(test, config.pools[test.target_pool]) for test in config.shadows]
         self._pools = pools
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task] = set()
@@ -277,7 +292,10 @@ class ShadowStage:
                 continue
             name = test.config.name
             if test.inflight >= test.config.max_concurrency:
-                metrics.SHADOW_DROPPED.labels(name).inc()
+                metrics.SHADOW_DROPPED.labels(name, "full").inc()
+                continue
+            if not test.breaker.allow():
+                metrics.SHADOW_DROPPED.labels(name, "target_down").inc()
                 continue
             test.inflight += 1
             metrics.SHADOW_MIRRORED.labels(name).inc()
@@ -312,6 +330,10 @@ class ShadowStage:
             if config.noise_baseline:
                 asked.append(self._ask(reply.pool, dataclasses.replace(call, deadline=deadline), config.compare.top_k))
             candidate, *baseline = await asyncio.gather(*asked)
+            if candidate.error in TARGET_DOWN:
+                test.breaker.failed()
+            else:
+                test.breaker.succeeded()
             self._record(config, call, primary, candidate, baseline[0] if baseline else None, primary_s)
         except Exception:  # a bug here must never surface anywhere but the log
             log.exception("shadow %s failed comparing request %s", config.name, call.request_id)

@@ -88,9 +88,9 @@ def format_table(summaries: list[Summary]) -> str:
     header = ("shadow", "mirrored", "errors", "top-1 agree", "disagree", "noisy", "mean overlap",
               "Δlatency p50", "Δlatency p99")
     lines = [[
-        s.shadow, str(s.mirrored), str(s.errors), f"{s.top1_agreement:.1%}", str(s.disagreements),
-        str(s.noisy), f"{s.mean_overlap:.3f}", f"{s.latency_delta_p50_ms:+.1f} ms",
-        f"{s.latency_delta_p99_ms:+.1f} ms",
+        s.shadow, str(s.mirrored), str(s.errors), _number(s.top1_agreement, "{:.1%}"), str(s.disagreements),
+        str(s.noisy), _number(s.mean_overlap, "{:.3f}"), _number(s.latency_delta_p50_ms, "{:+.1f} ms"),
+        _number(s.latency_delta_p99_ms, "{:+.1f} ms"),
     ] for s in summaries]
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
 
@@ -152,6 +152,10 @@ def percentile(ordered: list[float], q: float) -> float:
     if not ordered:
         return math.nan
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _number(value: float, form: str) -> str:
+    return "-" if math.isnan(value) else form.format(value)  # nothing compared: no figure
 
 
 def _mean(values: list[float]) -> float:

@@ -209,14 +209,29 @@ def test_a_killed_target_leaves_the_primary_alone_and_counts_errors(shadowed):
             response = shadowed.send(cat_jpeg(), "premium", request_id)
             seconds.append(time.perf_counter() - started)
             assert response.status_code == 200, response.text
-        shadowed.rows(ids)  # every shadow call of these has ended
         return seconds, ids
 
-    healthy, _ = premium("healthy")
-    errors = shadowed.metric("tiergate_shadow_errors_total", shadow="same-build", call="candidate")
+    def failures() -> tuple[float, float]:
+        """(shadow calls that failed, samples dropped because the target is down)"""
+        return (
+            shadowed.metric("tiergate_shadow_errors_total", shadow="same-build", call="candidate"),
+            shadowed.metric("tiergate_shadow_dropped_total", shadow="same-build", reason="target_down"),
+        )
+
+    healthy, ids = premium("healthy")
+    shadowed.rows(ids)  # every shadow call of these has ended
+    errors_before, down_before = failures()
     os.killpg(shadowed.candidate.pid, signal.SIGKILL)
     wait_for(lambda: not shadowed.candidate.running, 10, 0.1)
     dead, ids = premium("dead")
     assert statistics.median(dead) < statistics.median(healthy) * 1.5 + 0.025
-    assert [(row["outcome"], row["error"]) for row in shadowed.rows(ids)] == [("error", "unreachable")] * 8
-    assert shadowed.metric("tiergate_shadow_errors_total", shadow="same-build", call="candidate") == errors + 8
+
+    def settled():
+        errors, down = failures()
+        new = (errors - errors_before, down - down_before)
+        return new if sum(new) == len(ids) else None
+
+    # The candidate pool's breaker opens after 5 failures: later samples are dropped without a connection attempt.
+    errors, down = wait_for(settled, 10)
+    assert errors >= 5 and down >= 1
+    assert [(row["outcome"], row["error"]) for row in shadowed.rows(ids[:5])] == [("error", "unreachable")] * 5

@@ -13,9 +13,11 @@ import pytest
 from prometheus_client import REGISTRY
 from starlette.requests import Request
 
+from gateway.admit import Call
 from gateway.config import parse_config
 from gateway.http import HttpFront
-from gateway.pool_client import AiohttpTransport
+from gateway.pool_client import Inference
+from gateway.route import Reply
 
 from .fakes import HandlerTransport, by_pool, config_data, jpeg
 
@@ -57,16 +59,18 @@ def name() -> str:
 class Shadowed:
     """An in-process gateway with one shadow test whose target is the `candidate` pool."""
 
-    def __init__(self, tmp_path, handler, name: str, gateway_config: dict | None = None, **shadow) -> None:
+    def __init__(
+        self, tmp_path, handler, name: str, gateway_config: dict | None = None, transport=None, **shadow
+    ) -> None:
         self.log_path = tmp_path / "shadow.sqlite"
         self.name = name
         self.config = parse_config(config_data(
-            pools={**config_data()["pools"], "candidate": {"url": "http://candidate.pool:8100"}},
+            pools={**config_data()["pools"], "candidate": {"url": "http://candidate.pool:8100", "breaker_open_s": 0.2}},
             shadows=[{"name": name, "model": "resnet18", "sample_rate": 1.0, "target_pool": "candidate", **shadow}],
             shadow_log=str(self.log_path),
             **(gateway_config or {}),
         ))
-        self.front = HttpFront(self.config, HandlerTransport(handler))
+        self.front = HttpFront(self.config, transport or HandlerTransport(handler))
 
         async def asgi(scope, receive, send):
             response = await self.front.handle(Request(scope, receive))
@@ -148,7 +152,7 @@ async def test_a_slow_shadow_costs_the_primary_nothing(tmp_path, name):
     elapsed = time.perf_counter() - started
     assert [a.status_code for a in answers] == [200] * 6
     assert elapsed < 0.5  # the shadow takes 1.5 s per call
-    assert (gateway.metric("mirrored_total"), gateway.metric("dropped_total")) == (2, 4)
+    assert (gateway.metric("mirrored_total"), gateway.metric("dropped_total", reason="full")) == (2, 4)
     await gateway.close()
     assert [row["outcome"] for row in gateway.rows()] == ["agree", "agree"]
     assert all(row["latency_delta_ms"] > 1000 for row in gateway.rows())
@@ -164,6 +168,32 @@ async def test_a_dead_shadow_counts_errors_and_the_primary_answers(tmp_path, nam
     assert [a.status_code for a in answers] == [200] * 3
     assert gateway.metric("errors_total", call="candidate", kind="unreachable") == 3
     assert [(row["outcome"], row["error"]) for row in gateway.rows()] == [("error", "unreachable")] * 3
+
+
+async def test_a_dead_target_trips_the_breaker_and_is_probed_back(tmp_path, name):
+    down = True
+
+    async def target(request):
+        if down:
+            raise httpx.ConnectError("connection refused")
+        return answer(PRIMARY)
+
+    async def post_and_settle():
+        assert (await gateway.post()).status_code == 200
+        await asyncio.sleep(0.01)  # the shadow call ends before the next request
+
+    gateway = Shadowed(tmp_path, pools(target), name)  # candidate pool: 5 failures open it for 0.2 s
+    for _ in range(8):
+        await post_and_settle()
+    assert gateway.metric("errors_total", call="candidate", kind="unreachable") == 5
+    assert gateway.metric("dropped_total", reason="target_down") == 3  # not even a connection attempt
+    down = False
+    await asyncio.sleep(0.25)
+    for _ in range(3):  # the first is the probe; it succeeds and closes the breaker
+        await post_and_settle()
+    await gateway.close()
+    assert gateway.metric("dropped_total", reason="target_down") == 3
+    assert [row["outcome"] for row in gateway.rows()][-3:] == ["agree"] * 3
 
 
 async def test_noise_baseline_does_not_blame_the_candidate_for_a_noisy_primary(tmp_path, name):
@@ -214,12 +244,36 @@ async def test_a_config_reload_ends_the_old_shadow_within_its_timeout(tmp_path, 
     for _ in range(3):
         assert (await gateway.post()).status_code == 200
     # The reload: a pipeline without shadow tests takes over, the old one is closed.
-    reloaded = HttpFront(parse_config(config_data()), AiohttpTransport(parse_config(config_data()).pools))
+    reloaded = HttpFront(parse_config(config_data()), HandlerTransport(by_pool))
     started = time.monotonic()
     await asyncio.wait_for(gateway.close(), 5)
-    assert time.monotonic() - started < 0.3 + 0.5 + 0.5  # the shadow timeout plus grace, then cancelled
+    assert time.monotonic() - started < 0.3 + 0.5  # the shadow calls' own timeout, and a margin
     assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("shadow-")]
     assert log_writers() == writers  # the old writer has stopped; the new pipeline started none
-    # The hanging target timed out (300 ms): errors, never a comparison.
-    assert all(row["outcome"] != "compared" and row["error"] for row in gateway.rows())
+    assert [(row["outcome"], row["error"]) for row in gateway.rows()] == [("error", "timeout")] * 3
     await reloaded.pipeline.close_when_idle()
+
+
+def answered_call() -> tuple[Call, Reply, float]:
+    call = Call("resnet18", None, "standard", jpeg(), "hung", time.monotonic() + 5)
+    return call, Reply(Inference(orjson.dumps(PRIMARY), "application/json", "cpu-int8"), "cpu"), 0.01
+
+
+class NeverAnswers:
+    """A transport breaking its contract (it hangs past every timeout)."""
+
+    async def send(self, pool, request):
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_closing_cancels_shadow_calls_that_outlive_their_timeout(tmp_path, name):
+    gateway = Shadowed(tmp_path, None, name, transport=NeverAnswers(), timeout_ms=200)
+    gateway.front.pipeline.shadows.mirror(*answered_call())
+    started = time.monotonic()
+    await asyncio.wait_for(gateway.close(), 5)
+    assert 0.2 <= time.monotonic() - started < 0.2 + 0.5 + 0.3  # timeout plus the stage's grace
+    assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("shadow-")]
+    assert gateway.rows() == []  # cancelled calls leave no rows

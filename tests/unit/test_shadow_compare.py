@@ -60,10 +60,10 @@ def test_verdict(candidate, baseline, outcome):
 
 
 def sampled(name: str) -> float:
-    labels = {"shadow": name}
+    """Samples taken: mirrored, or dropped because the test's calls were all in flight."""
     return sum(
-        REGISTRY.get_sample_value(metric, labels) or 0.0
-        for metric in ("tiergate_shadow_mirrored_total", "tiergate_shadow_dropped_total")
+        REGISTRY.get_sample_value(metric, {"shadow": name, **labels}) or 0.0
+        for metric, labels in (("tiergate_shadow_mirrored_total", {}), ("tiergate_shadow_dropped_total", {"reason": "full"}))
     )
 
 

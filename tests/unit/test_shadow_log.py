@@ -7,7 +7,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.shadow import DiffLog, Sample
-from gateway.shadow_report import read_rows, summarize, write_report
+from gateway.shadow_report import format_table, read_rows, summarize, write_report
 
 
 def sample(i: int, shadow: str = "int8", **fields) -> Sample:
@@ -66,6 +66,7 @@ def test_a_test_whose_samples_all_failed_reports_no_agreement(tmp_path):
     (dead,) = summarize(read_rows(path))
     assert (dead.mirrored, dead.errors) == (1, 1)
     assert math.isnan(dead.top1_agreement) and math.isnan(dead.latency_delta_p50_ms)
+    assert format_table([dead]).splitlines()[2].split() == ["int8", "1", "1", "-", "0", "0", "-", "-", "-"]
 
 
 def test_cli_prints_the_table_and_writes_the_plot(tmp_path, capsys):
