@@ -99,10 +99,10 @@ def test_rendered_serve_config_deploys_through_the_dashboard_api(built, ray_clus
     serve_port = _free_port()
     serve_config["http_options"].update(host="127.0.0.1", port=serve_port)
     app = serve_config["applications"][0]
-    for user_config in (app["args"]["config"], app["deployments"][0]["user_config"]):
-        for pool in user_config["pools"].values():
-            pool["auth_token_file"] = str(token_file)
-        parse_config(user_config)
+    user_config = app["deployments"][0]["user_config"]  # the only place the config travels
+    for pool in user_config["pools"].values():
+        pool["auth_token_file"] = str(token_file)
+    parse_config(user_config)
 
     dashboard, token = ray_cluster["dashboard"], ray_cluster["token"]
     url = f"{dashboard}/api/serve/applications/"
