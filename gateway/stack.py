@@ -204,6 +204,21 @@ def _reload_gateway(config_path: Path, announce: Callable[[str], None]) -> str |
     return None
 
 
+# Ray Serve settings that cut the gateway's per-request cost, read from the environment of
+# every Ray process: set before Ray starts, here and in the KubeRay containers (k8s_render).
+# Measured in BENCHMARKS.md, "Gateway overhead".
+SERVE_TUNING_ENVIRONMENT = {
+    # The gateway's code is async and never blocks its loop, so it runs on the replica's own
+    # event loop instead of a second thread, saving two cross-thread hops a request.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    # Otherwise HAProxy logs every request to a Python collector for Serve's HTTP metrics,
+    # which tiergate's own /metrics already counts.
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+    # Ray starts its workers at nice 15; the gateway replicas are the latency path.
+    "RAY_worker_niceness": "0",
+}
+
+
 def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, str]:
     """Ray Serve's ingress settings, read from the environment when Ray starts.
 
@@ -212,9 +227,10 @@ def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, s
     own, so two stacks on one machine (tests in separate namespaces) never share them.
     """
     if config.ingress != "haproxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return {**SERVE_TUNING_ENVIRONMENT, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
     haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return {
+        **SERVE_TUNING_ENVIRONMENT,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
