@@ -35,6 +35,13 @@ JPEG_FRAME_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 
 JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
 JPEG_SEGMENTS_SCANNED = 64  # real files reach the frame header within a handful
 JPEG_FILL = re.compile(rb"\xff+")
+# Headers Ray Serve's own ingress obeys (request timeout, disconnect handling, session and
+# multiplexing routing; names compared with "-" as "_") and decodes as UTF-8, answering a
+# bare 500 when that fails. Clients give Ray Serve no instructions: ingress_middlewares.
+RAY_SERVE_CONTROL_HEADERS = frozenset(
+    {b"x_request_timeout_seconds", b"x_request_disconnect_disabled", b"x_session_id", b"serve_multiplexed_model_id"}
+)
+REQUEST_ID_BYTES = re.compile(REQUEST_ID.pattern.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,36 @@ def request_id(request: Request) -> str:
     """The caller's X-Request-ID when it is sane, else a fresh one."""
     given = request.headers.get("x-request-id", "")
     return given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+class IngressHeaders:
+    """ASGI middleware around Ray Serve's HTTP ingress (a replica's, or Serve's proxy's): the
+    headers Ray Serve reads before the gateway sees the request lose their power to steer or
+    crash it. Ray Serve's control headers are dropped, and so is an X-Request-ID the gateway
+    would not echo (Ray then assigns a fresh one, as for a request without)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            kept = [(name, value) for name, value in scope["headers"] if _reaches_ray_serve(name, value)]
+            if len(kept) != len(scope["headers"]):
+                scope = {**scope, "headers": kept}
+        await self.app(scope, receive, send)
+
+
+def _reaches_ray_serve(name: bytes, value: bytes) -> bool:
+    if name == b"x-request-id":
+        return REQUEST_ID_BYTES.fullmatch(value) is not None
+    return name.lower().replace(b"-", b"_") not in RAY_SERVE_CONTROL_HEADERS
+
+
+def ingress_middlewares() -> list:
+    """Ray Serve's ingress callback (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH names it)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(IngressHeaders)]
 
 
 def check_model(config: GatewayConfig, model: str, version: str | None = None) -> None:

@@ -3,15 +3,20 @@
 Written by hand rather than derived from code: the surface is small and this file is the
 contract clients and schema-driven fuzzers (schemathesis, tests/fuzz) are held to. The
 configured model and tier names are filled in, so generated requests reach real routes.
+Both APIs are described: TorchServe's (/predictions) and the Open Inference Protocol's
+(/v2, JSON form; gateway/v2.py), each with its own error shape.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .admit import VERSION as VERSION_PATTERN
 from .config import GatewayConfig
+from .v2 import MAX_IMAGES as V2_MAX_IMAGES
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+VERSION = f"^{VERSION_PATTERN.pattern}$"
 # Every status a client fault can earn on an inference call, and what the gateway or a pool
 # answers when it cannot serve one; 500 is deliberately absent.
 PREDICT_ERRORS = {
@@ -30,24 +35,24 @@ PREDICT_ERRORS = {
 
 
 def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
+    model = {"name": "model", "in": "path", "required": True, "schema": {"type": "string", "enum": list(config.models)}}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": VERSION}}
+    inference_headers = [
+        {
+            "name": config.tier_header, "in": "header", "required": False,
+            "description": f"SLA tier (default {config.default_tier!r}, or the API key's default)",
+            "schema": {"type": "string", "enum": sorted(config.tiers)},
+        },
+        {
+            "name": "X-Request-ID", "in": "header", "required": False,
+            "description": "echoed back when it is 1-128 of A-Z a-z 0-9 . _ : - (a fresh id replaces anything else)",
+            "schema": {"type": "string"},
+        },
+    ]
+    security = {"security": [{"apiKey": []}]} if keys_required else {}
     predict = {
         "summary": "Top-5 classes of one image, served by the pool the SLA tier maps to",
-        "parameters": [
-            {
-                "name": "model", "in": "path", "required": True,
-                "schema": {"type": "string", "enum": list(config.models)},
-            },
-            {
-                "name": config.tier_header, "in": "header", "required": False,
-                "description": f"SLA tier (default {config.default_tier!r}, or the API key's default)",
-                "schema": {"type": "string", "enum": sorted(config.tiers)},
-            },
-            {
-                "name": "X-Request-ID", "in": "header", "required": False,
-                "description": "echoed back when it is 1-128 of A-Z a-z 0-9 . _ : - (a fresh id replaces anything else)",
-                "schema": {"type": "string"},
-            },
-        ],
+        "parameters": [model, *inference_headers],
         "requestBody": {
             "required": True,
             "description": f"the raw JPEG or PNG bytes, at most {config.max_body_bytes} bytes",
@@ -64,18 +69,33 @@ def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
             },
             **{status: _error(why) for status, why in PREDICT_ERRORS.items()},
         },
+        **security,
     }
-    if keys_required:
-        predict["security"] = [{"apiKey": []}]
-    versioned = {
-        **predict,
-        "parameters": predict["parameters"] + [
-            {
-                "name": "version", "in": "path", "required": True,
-                "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
-            }
-        ],
+    infer = {
+        "summary": "Open Inference Protocol inference: input `images` (BYTES [N]) or `pixels` (FP32 [N,3,224,224])",
+        "parameters": [model, *inference_headers],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}},
+        },
+        "responses": {
+            "200": {
+                "description": "the requested outputs (binary tensor data when an output asks for it)",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **{status: _v2_error(why) for status, why in PREDICT_ERRORS.items() if status != "413"},
+            "413": _v2_error(f"body over max_body_bytes, or more than {V2_MAX_IMAGES} images"),
+        },
+        **security,
     }
+    v2_model = _v2_get("model metadata: its inputs and outputs", {"404": _v2_error("no such model or version")})
+    v2_ready = _v2_get(
+        "the model is ready when every pool serving it answers",
+        {"404": _v2_error("no such model or version"), "503": _v2_error("not ready, and why")},
+    )
     return {
         "openapi": "3.0.3",
         "info": {
@@ -85,7 +105,18 @@ def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
         },
         "paths": {
             "/predictions/{model}": {"post": predict},
-            "/predictions/{model}/{version}": {"post": versioned},
+            "/predictions/{model}/{version}": {"post": {**predict, "parameters": [*predict["parameters"], version]}},
+            "/v2": _v2_get("server metadata", {}),
+            "/v2/health/live": _v2_get("the gateway process is alive", {}),
+            "/v2/health/ready": _v2_get("every serving pool answers", {"503": _v2_error("not ready, and why")}),
+            "/v2/models/{model}": {"parameters": [model], **v2_model},
+            "/v2/models/{model}/ready": {"parameters": [model], **v2_ready},
+            "/v2/models/{model}/infer": {"post": infer},
+            "/v2/models/{model}/versions/{version}": {"parameters": [model, version], **v2_model},
+            "/v2/models/{model}/versions/{version}/ready": {"parameters": [model, version], **v2_ready},
+            "/v2/models/{model}/versions/{version}/infer": {
+                "post": {**infer, "parameters": [*infer["parameters"], version]}
+            },
             "/healthz": {"get": _get("the gateway process is alive", _json_object())},
             "/readyz": {
                 "get": {
@@ -123,6 +154,63 @@ def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
                         "message": {"type": "string", "description": "for humans; never echoes the payload"},
                     },
                 },
+                "V2Error": {
+                    "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
+                },
+                "InferRequest": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string", "description": "echoed in the response"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"$ref": "#/components/schemas/InferInput"}},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string", "enum": ["top5_probabilities", "top5_labels"]},
+                                    "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+                                },
+                            },
+                        },
+                    },
+                },
+                "InferInput": {
+                    "type": "object",
+                    "required": ["name", "shape", "datatype", "data"],
+                    "properties": {
+                        "name": {"type": "string", "enum": ["images", "pixels"]},
+                        "shape": {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+                        "datatype": {"type": "string", "enum": ["BYTES", "FP32"]},
+                        "data": {"type": "array", "description": "base64 JPEG/PNG strings, or numbers"},
+                        "parameters": {"type": "object"},
+                    },
+                },
+                "InferResponse": {
+                    "type": "object",
+                    "required": ["model_name", "outputs"],
+                    "properties": {
+                        "model_name": {"type": "string"},
+                        "model_version": {"type": "string"},
+                        "id": {"type": "string"},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "datatype", "shape"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "datatype": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "data": {"type": "array"},
+                                    "parameters": {"type": "object"},
+                                },
+                            },
+                        },
+                    },
+                },
             },
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         },
@@ -134,6 +222,18 @@ def _error(description: str) -> dict[str, Any]:
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+
+
+def _v2_error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2Error"}}},
+    }
+
+
+def _v2_get(summary: str, errors: dict[str, Any]) -> dict[str, Any]:
+    ok = {"description": summary, "content": {"application/json": {"schema": _json_object()}}}
+    return {"get": {"summary": summary, "responses": {"200": ok, "405": _v2_error("only GET is allowed"), **errors}}}
 
 
 def _json_object() -> dict[str, Any]:
