@@ -35,7 +35,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    with running_stack(base_config()) as status:
+    # One image over and over: coalescing would merge the gateway's requests and flatter it.
+    with running_stack(base_config(coalesce=False)) as status:
         print(f"tiergate up --detach → ready: {status['ready_s']:.1f} s (supervisor: {status['ready_after_s']} s)")
         results = asyncio.run(measure(status, args.seconds))
     for result in results:
