@@ -217,6 +217,9 @@ SERVE_TUNING_ENVIRONMENT = {
     # Ray starts its workers at nice 15; the gateway replicas are the latency path.
     "RAY_worker_niceness": "0",
 }
+# Ray Serve's ingress runs admit.IngressHeaders first: no header a client sends can steer
+# Ray Serve itself or make it answer a bare 500.
+INGRESS_CALLBACK_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "gateway.admit:ingress_middlewares"}
 
 
 def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, str]:
@@ -227,10 +230,11 @@ def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, s
     own, so two stacks on one machine (tests in separate namespaces) never share them.
     """
     if config.ingress != "haproxy":
-        return {**SERVE_TUNING_ENVIRONMENT, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return {**SERVE_TUNING_ENVIRONMENT, **INGRESS_CALLBACK_ENVIRONMENT, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
     haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return {
         **SERVE_TUNING_ENVIRONMENT,
+        **INGRESS_CALLBACK_ENVIRONMENT,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
