@@ -30,7 +30,7 @@ def record(request: Request, response: Response, request_id: str, seconds: float
     entry = {
         "request_id": request_id,
         "method": request.method,
-        "path": request.url.path[:256],
+        "path": request.scope["path"][:256],
         "status": response.status_code,
         "tier": headers.get("x-tiergate-tier"),
         "pool": headers.get("x-tiergate-pool"),

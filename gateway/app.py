@@ -26,6 +26,9 @@ from .pool_client import AiohttpTransport
     name="tiergate",
     max_ongoing_requests=256,
     ray_actor_options={"num_cpus": 0},
+    # tiergate writes its own access log (gateway/access_log.py); Serve's would be a second
+    # line a request, on the hot path.
+    logging_config={"enable_access_log": False},
 )
 class Gateway:
     def __init__(self, coalescer: DeploymentHandle | None = None) -> None:

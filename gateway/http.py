@@ -50,7 +50,7 @@ class HttpFront:
         return response
 
     async def _dispatch(self, request: Request, request_id: str) -> Response:
-        path, method = request.url.path, request.method
+        path, method = request.scope["path"], request.method  # request.url would parse the whole URL
         if path == "/v2" or path.startswith("/v2/"):  # Open Inference Protocol, with its own error shape
             return await self.v2.handle(request, request_id)
         match = PREDICT.match(path)
