@@ -100,9 +100,14 @@ def run_stand_ins() -> None:
 
 
 def shadow_counters(gateway: str) -> dict[str, dict[str, float]]:
+    series = {
+        "mirrored": ("tiergate_shadow_mirrored_total", {}),
+        "full": ("tiergate_shadow_dropped_total", {"reason": "full"}),
+        "target_down": ("tiergate_shadow_dropped_total", {"reason": "target_down"}),
+        "errors": ("tiergate_shadow_errors_total", {}),
+    }
     return {
-        name: {kind: gateway_counter(gateway, f"tiergate_shadow_{kind}_total", shadow=name)
-               for kind in ("mirrored", "dropped", "errors")}
+        name: {kind: gateway_counter(gateway, metric, shadow=name, **labels) for kind, (metric, labels) in series.items()}
         for name in SHADOWED
     }
 
@@ -196,10 +201,10 @@ def main() -> int:
                          f"  CPU ×{cpu_ms / off_cpu_ms:.3f}")
             print(line)
         print()
-    print("shadow calls over the whole run (all concurrencies):")
+    print("shadow samples over the whole run (all concurrencies):")
     for scenario, seen in counters.items():
-        print(f"  {scenario:<8} mirrored {seen['mirrored']:7.0f}  dropped (full) {seen['dropped']:7.0f}"
-              f"  errors {seen['errors']:7.0f}")
+        print(f"  {scenario:<8} mirrored {seen['mirrored']:6.0f}  dropped: full {seen['full']:6.0f}, "
+              f"target down {seen['target_down']:6.0f}  errors {seen['errors']:6.0f}")
     print("\n`tiergate shadow report` of the run:\n" + report)
     return 0
 
