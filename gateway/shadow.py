@@ -7,7 +7,9 @@ through the same `PoolClient` that serves primary traffic, and the candidate's t
 is compared with the primary's: same top-1 class, top-k overlap, and the largest
 |Δprobability|. With `noise_baseline` (Diffy's idea) the call also goes to the primary
 pool a second time, and whatever the primary disagrees with itself about is not
-blamed on the candidate.
+blamed on the candidate. That second call goes to the pool directly (not through the
+router's slots), bounded only by the test's `max_concurrency`: it adds real load to a
+serving pool, which is why it is off by default.
 
 The primary never waits for any of this: a test has at most `max_concurrency` shadow
 calls in flight, and a sample arriving when they are all taken is dropped and
