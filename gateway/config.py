@@ -163,7 +163,7 @@ class GatewayConfig(_Strict):
     cache: dict[str, CacheConfig] = Field(default_factory=dict, description="response cache per model")
     auth: AuthConfig = Field(default_factory=AuthConfig)
     shadows: list[ShadowTest] = Field(default_factory=list)
-    shadow_log: Path = Field(default=Path(".tiergate/shadow.sqlite"), description="diff log of disagreements")
+    shadow_log: Path = Field(default=Path(".tiergate/shadow.sqlite"), description="SQLite log: one compact row per compared sample, full top-k for disagreements")
     shadow_log_max_rows: int = Field(default=100_000, ge=1)
     pools: dict[str, PoolConfig] = Field(min_length=1)
     tiers: dict[str, TierConfig] = Field(min_length=1)
