@@ -97,17 +97,9 @@ class HttpFront:
         except GatewayError as exc:
             exc.headers.setdefault("X-Tiergate-Tier", tier)
             raise
-        headers = {
-            "X-Tiergate-Tier": tier,
-            "X-Tiergate-Pool": reply.pool,
-            "X-Tiergate-Backend": reply.inference.backend,
-            "X-Request-ID": request_id,
-        }
-        if reply.coalesced:
-            headers["X-Tiergate-Coalesced"] = "1"
-        if reply.cache:
-            headers["X-Tiergate-Cache"] = reply.cache
-        return Response(reply.inference.body, 200, headers=headers, media_type=reply.inference.content_type)
+        return Response(
+            reply.inference.body, 200, headers=reply.headers(tier, request_id), media_type=reply.inference.content_type
+        )
 
     async def _ready(self) -> Response:
         problems = await self.pipeline.readiness()

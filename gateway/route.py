@@ -32,6 +32,20 @@ class Reply:
     coalesced: bool = False  # answered by another request's backend call
     cache: str | None = None  # "hit" or "miss" where the model has a response cache
 
+    def headers(self, tier: str, request_id: str) -> dict[str, str]:
+        """What served this answer, as every API surface reports it."""
+        headers = {
+            "X-Tiergate-Tier": tier,
+            "X-Tiergate-Pool": self.pool,
+            "X-Tiergate-Backend": self.inference.backend,
+            "X-Request-ID": request_id,
+        }
+        if self.coalesced:
+            headers["X-Tiergate-Coalesced"] = "1"
+        if self.cache:
+            headers["X-Tiergate-Cache"] = self.cache
+        return headers
+
 
 class Router:
     def __init__(self, config: GatewayConfig, replicas: int) -> None:

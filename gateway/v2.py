@@ -151,18 +151,7 @@ class OpenInferenceFront:
         except GatewayError as exc:
             exc.headers.setdefault("X-Tiergate-Tier", tier)
             raise
-        headers.update(
-            {
-                "X-Tiergate-Tier": tier,
-                "X-Tiergate-Pool": reply.pool,
-                "X-Tiergate-Backend": reply.inference.backend,
-                "X-Request-ID": request_id,
-            }
-        )
-        if reply.coalesced:
-            headers["X-Tiergate-Coalesced"] = "1"
-        if reply.cache:
-            headers["X-Tiergate-Cache"] = reply.cache
+        headers.update(reply.headers(tier, request_id))
         return Response(content, 200, headers=headers)
 
 
