@@ -45,6 +45,9 @@ class Singleflight(Generic[T]):
             flight = asyncio.create_task(call())
             self._flights[key] = flight
             flight.add_done_callback(lambda _: self._flights.pop(key, None))
+            # When every waiter gave up first, nobody reads the outcome: read it here, so
+            # an overloaded replica doesn't log "exception was never retrieved" per flight.
+            flight.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
             result = await asyncio.wait_for(asyncio.shield(flight), deadline - time.monotonic())
         except asyncio.TimeoutError:
