@@ -184,15 +184,19 @@ class Variant:
     env: dict[str, str]
     source: Path | None = None
     replicas: int | None = None
+    pool_max_concurrency: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
-        """NAME or NAME=KEY=VALUE,KEY=VALUE; keys `src` (a checkout) and `replicas` are the harness's."""
+        """NAME or NAME=KEY=VALUE,KEY=VALUE; the keys `src` (a checkout), `replicas` and
+        `pool_max_concurrency` are the harness's, any other is an environment variable."""
         name, _, rest = spec.partition("=")
         settings = dict(item.split("=", 1) for item in rest.split(",") if item)
         source = settings.pop("src", None)
         replicas = settings.pop("replicas", None)
-        return cls(name, settings, Path(source).resolve() if source else None, int(replicas) if replicas else None)
+        limit = settings.pop("pool_max_concurrency", None)
+        return cls(name, settings, Path(source).resolve() if source else None,
+                   int(replicas) if replicas else None, int(limit) if limit else None)
 
 
 def shipped_cpu_pool() -> dict:
@@ -206,7 +210,8 @@ def tiergate_config(args: argparse.Namespace, variant: Variant, port: int, state
     if "torchserve" in args.backends:
         cpu = {
             "url": f"http://127.0.0.1:{POOL_PORT}",
-            "max_concurrency": args.pool_max_concurrency or shipped.get("max_concurrency", 8),
+            "max_concurrency": variant.pool_max_concurrency or args.pool_max_concurrency
+            or shipped.get("max_concurrency", 8),
             "max_queue": args.pool_max_queue or shipped.get("max_queue", 32),
         }
         if launch_pool:
@@ -276,6 +281,8 @@ def start_tiergate(services: Services, args: argparse.Namespace, variant: Varian
         if pool["name"] == "cpu":
             services.backend_sessions["torchserve"] = {pool["pid"]}
     note = f"replicas={config['replicas']}" + "".join(f" {k}={v}" for k, v in variant.env.items())
+    if "cpu" in config["pools"]:
+        note += f" pool_max_concurrency={config['pools']['cpu']['max_concurrency']}"
     if variant.source is not None:
         note += f" src={variant.source}"
     return Target(
@@ -739,7 +746,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--replicas", type=int, default=1, help="tiergate replicas (default for every variant)")
     parser.add_argument("--tiergate", type=Variant.parse, action="append", default=None, metavar="NAME[=K=V,...]",
                         help="a tiergate stack to compare; repeat for several in one run. Keys: env vars, "
-                             "replicas=N, src=CHECKOUT (another worktree's gateway code)")
+                             "replicas=N, pool_max_concurrency=N, src=CHECKOUT (another worktree's gateway code)")
     parser.add_argument("--nginx-workers", default="auto")
     parser.add_argument("--fastapi-workers", type=int, default=1)
     parser.add_argument("--mirror-rate", type=float, default=0.01, help="share of traffic shadowed (nginx mirror, tiergate shadow)")
