@@ -1,8 +1,10 @@
 """Routing: which pool serves a call, given tiers, capacity and pool health.
 
 For a tier, the pools in `pools` are tried in order, skipping any whose breaker is
-open; a pool that refuses the connection or answers 503 hands the call to the next
-one (never twice to the same pool, always within the deadline). When the tier's pool
+open; a pool that refuses the connection, drops it mid-call or answers 503 hands the
+call to the next one (never twice to the same pool, always within the deadline).
+Re-running a dropped call elsewhere is safe because an inference is a pure function of
+its body: the dead pool's half-done work changes nothing. When the tier's pool
 has no free slot, a `spillover` pool with headroom beyond its reserve takes the call
 instead of queueing it. Slots are held through `limits.PoolGate`.
 """
@@ -118,7 +120,7 @@ class Router:
                 raise _TryNext("unreachable", _unavailable(pool, str(exc))) from None
             except PoolDropped as exc:
                 self._failed(pool)
-                raise GatewayError(502, "PoolDropped", str(exc), pool=pool) from None
+                raise _TryNext("dropped", GatewayError(502, "PoolDropped", str(exc), pool=pool)) from None
             except PoolTimeout:
                 self._failed(pool)
                 raise GatewayError(

@@ -99,9 +99,8 @@ def test_premium_survives_a_killed_gpu_pool_via_cpu(stack, policy):
         os.killpg(gpu["pid"], signal.SIGKILL)
         time.sleep(6)
     after = [o for o in premium.outcomes if o.at > killed_at + 1]
-    failed = [o for o in premium.outcomes if o.status != 200]
-    # Only calls in flight at the kill may fail, and they fail fast with 502.
-    assert len(failed) <= 2 and all(o.status == 502 and o.seconds < 5 for o in failed), premium.statuses()
+    # Calls in flight at the kill are re-run on the CPU pool: no premium request fails.
+    assert premium.statuses() == {200: len(premium.outcomes)}
     # Served by the CPU pool right after the kill (the supervisor may bring the GPU pool back soon after).
     assert after and after[0].pool == "cpu" and "cpu" in {o.pool for o in after}
     with stack.client() as client:

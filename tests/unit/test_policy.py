@@ -148,6 +148,32 @@ async def test_premium_fails_over_to_cpu_and_the_breaker_stops_trying_gpu():
     assert 'tiergate_breaker_state{pool="gpu"} 2.0' in exposition
 
 
+async def test_call_dropped_mid_flight_is_rerun_on_the_next_pool():
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.host)
+        if request.url.host == "gpu.pool":
+            raise httpx.RemoteProtocolError("peer closed the connection", request=request)
+        return by_pool(request)
+
+    async with gateway(handler, **FAILOVER) as client:
+        answer = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+        standard = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "standard"})
+    assert answer.status_code == 200 and answer.headers["x-tiergate-pool"] == "cpu"
+    assert calls[:2] == ["gpu.pool", "cpu.pool"]
+    assert standard.status_code == 200  # a tier without the dead pool never notices
+
+
+async def test_dropped_call_on_the_last_pool_is_a_502():
+    def handler(request):
+        raise httpx.RemoteProtocolError("peer closed the connection", request=request)
+
+    async with gateway(handler, **FAILOVER) as client:
+        answer = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+    assert answer.status_code == 502 and answer.json()["type"] == "PoolDropped"
+
+
 async def test_overloaded_pool_hands_the_call_to_the_next_once():
     calls = []
 
