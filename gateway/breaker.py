@@ -1,13 +1,16 @@
 """A circuit breaker per pool: stop sending to a pool that keeps failing, probe it back.
 
-closed → open after `failures` consecutive failures; open → half-open after
-`open_s`; half-open lets one probe through: success closes, failure re-opens.
-Overload answers (503) are not failures: a busy pool is healthy.
+closed → open after `failures` consecutive failures, or when at least `error_rate` of
+the last `window` calls failed (a pool failing every other call never strings enough
+failures together); open → half-open after `open_s`; half-open lets one probe through:
+success closes, failure re-opens. Overload answers (503) are not failures: a busy pool
+is healthy.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from enum import IntEnum
 
 
@@ -18,9 +21,14 @@ class State(IntEnum):
 
 
 class Breaker:
-    def __init__(self, failures: int, open_s: float, clock=time.monotonic) -> None:
+    def __init__(
+        self, failures: int, open_s: float, error_rate: float | None = None, window: int = 20,
+        clock=time.monotonic,
+    ) -> None:
         self._threshold = failures
         self._open_s = open_s
+        self._error_rate = error_rate
+        self._recent: deque[bool] = deque(maxlen=window)  # True: that call failed
         self._clock = clock
         self._failures = 0
         self._opened_at = 0.0
@@ -49,13 +57,25 @@ class Breaker:
         return False
 
     def succeeded(self) -> None:
+        if self._state is not State.CLOSED:
+            self._recent.clear()  # a recovered pool starts with a clean record
+        self._recent.append(False)
         self._failures = 0
         self._probe_started = None
         self._state = State.CLOSED
 
     def failed(self) -> None:
+        self._recent.append(True)
         self._failures += 1
         self._probe_started = None
-        if self._state is State.HALF_OPEN or self._failures >= self._threshold:
+        if self._state is State.HALF_OPEN or self._failures >= self._threshold or self._rate_exceeded():
             self._state = State.OPEN
             self._opened_at = self._clock()
+
+    def _rate_exceeded(self) -> bool:
+        recent = self._recent
+        return (
+            self._error_rate is not None
+            and len(recent) == recent.maxlen
+            and sum(recent) >= self._error_rate * len(recent)
+        )

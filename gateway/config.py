@@ -59,6 +59,10 @@ class PoolConfig(_Strict):
     connect_timeout_s: float = Field(default=1.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open the breaker")
     breaker_open_s: float = Field(default=5.0, gt=0, description="how long an open breaker rejects calls")
+    breaker_error_rate: float | None = Field(
+        default=0.5, gt=0, le=1, description="share of the last breaker_window calls failing that opens the breaker"
+    )
+    breaker_window: int = Field(default=20, ge=2, description="calls the error rate is taken over")
     local: LocalLaunch | None = None
 
     @field_validator("url", "metrics_url")

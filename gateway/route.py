@@ -58,7 +58,8 @@ class Router:
             for name, pool in config.pools.items()
         }
         self.breakers = {
-            name: Breaker(pool.breaker_failures, pool.breaker_open_s) for name, pool in config.pools.items()
+            name: Breaker(pool.breaker_failures, pool.breaker_open_s, pool.breaker_error_rate, pool.breaker_window)
+            for name, pool in config.pools.items()
         }
 
     async def dispatch(self, call: Call, send: Send) -> Reply:

@@ -117,6 +117,30 @@ def test_breaker_opens_after_consecutive_failures_and_probes_back():
     assert breaker.state is State.CLOSED and breaker.allow()
 
 
+def test_breaker_opens_on_an_error_rate_without_consecutive_failures():
+    breaker = Breaker(failures=5, open_s=5.0, error_rate=0.5, window=10, clock=lambda: 0.0)
+    for _ in range(4):  # every other call fails: never two failures in a row
+        breaker.succeeded()
+        breaker.failed()
+    assert breaker.state is State.CLOSED  # 4 of 8: the window is not full yet
+    breaker.succeeded()
+    breaker.failed()
+    assert breaker.state is State.OPEN  # 5 of the last 10 failed
+
+
+def test_breaker_error_rate_counts_only_the_window():
+    breaker = Breaker(failures=5, open_s=5.0, error_rate=0.5, window=10, clock=lambda: 0.0)
+    for _ in range(4):
+        breaker.failed()
+        breaker.succeeded()
+    for _ in range(12):
+        breaker.succeeded()
+    for _ in range(4):
+        breaker.failed()
+        breaker.succeeded()
+    assert breaker.state is State.CLOSED  # 4 of the last 10: old failures have left the window
+
+
 FAILOVER = {
     "tiers": {
         "premium": {"pools": ["gpu", "cpu"]},
