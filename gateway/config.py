@@ -39,6 +39,10 @@ class LocalLaunch(_Strict):
     batch_size: int = Field(default=1, ge=1, le=256)
     max_batch_delay_ms: int = Field(default=5, ge=0, le=10_000)
     queue_size: int = Field(default=64, ge=1)
+    java_heap_mb: int = Field(
+        default=512, ge=128,
+        description="TorchServe frontend's JVM heap cap (else the JVM takes a quarter of the machine's memory)",
+    )
 
 
 class PoolConfig(_Strict):

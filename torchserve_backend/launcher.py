@@ -174,6 +174,7 @@ def render_properties(spec: PoolSpec) -> str:
         models_json=json.dumps(models, separators=(",", ":")),
         workers=launch.workers,
         queue_size=launch.queue_size,
+        java_heap_mb=launch.java_heap_mb,
     )
 
 

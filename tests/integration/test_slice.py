@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,27 @@ def test_up_reports_where_everything_runs(stack):
     assert pools["cpu"]["backend"] == "cpu-int8"
     # No GPU here: the GPU pool must say what really runs, never TensorRT.
     assert pools["gpu"]["backend"] == "cpu-fp32"
+
+
+def test_pool_frontends_run_with_a_capped_heap(stack):
+    """TorchServe's JVM gets the pool's heap cap, not the default quarter of the machine."""
+    for pool in stack.status()["pools"]:
+        java = [
+            cmdline for cmdline in group_command_lines(pool["pid"])
+            if cmdline and Path(cmdline[0]).name == "java"
+        ]
+        assert len(java) == 1 and "-Xmx512m" in java[0], java
+
+
+def group_command_lines(group: int) -> list[list[str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == group:
+                found.append((entry / "cmdline").read_bytes().decode(errors="replace").split("\0"))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
 
 
 @pytest.mark.parametrize(

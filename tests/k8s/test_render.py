@@ -98,6 +98,7 @@ def test_torchserve_properties_come_from_the_pool_config(documents, config):
         assert properties["enable_model_api"] == "false"
         assert properties["metrics_mode"] == "prometheus"
         assert properties["job_queue_size"] == str(launch.queue_size)
+        assert f"-Xmx{launch.java_heap_mb}m" in properties["vmargs"].split()
         models = yaml.safe_load(properties["models"])
         for model in config.models:
             version = models[model]["1.0"]
