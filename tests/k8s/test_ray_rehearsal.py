@@ -46,15 +46,24 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     )
 
 
+def container_environment(built) -> dict[str, str]:
+    """The plain settings the rendered Ray containers carry (the token comes from a Secret
+    there, and HAProxy ingress stays off here: its files would need a directory per test)."""
+    head = one(built["cpu-only"], "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]
+    (container,) = head["template"]["spec"]["containers"]
+    settings = {entry["name"]: entry["value"] for entry in container["env"] if "value" in entry}
+    return {**settings, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
 @pytest.fixture
-def ray_cluster(tmp_path_factory):
+def ray_cluster(built, tmp_path_factory):
     if [name for _, name in socket.if_nameindex()] != ["lo"]:
         pytest.skip("starts Ray, which binds every address: run inside a private network namespace (make test)")
     # Ray's unix socket paths must stay short.
     temp_dir = Path(f"/tmp/tg-ray-{secrets.token_hex(3)}")
     logs = tmp_path_factory.mktemp("ray-logs")
     token = secrets.token_hex(32)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **container_environment(built), "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
     gcs_port, dashboard_port = _free_port(), _free_port()
     head = _start(
         ["--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=0",
@@ -128,3 +137,7 @@ def test_rendered_serve_config_deploys_through_the_dashboard_api(built, ray_clus
 
         health = client.get(f"http://127.0.0.1:{serve_port}/healthz")
         assert health.status_code == 200, health.text
+        # The containers' environment names the gateway's ingress callback: a header Ray Serve
+        # itself would choke on (a non-UTF-8 request id: a bare 500) never reaches it.
+        odd = client.get(f"http://127.0.0.1:{serve_port}/healthz", headers=[(b"x-request-id", b"caf\xe9")])
+        assert odd.status_code == 200 and odd.headers.get("x-request-id") != "caf\xe9", odd.text
