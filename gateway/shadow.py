@@ -70,15 +70,47 @@ class Comparison:
     deltas: dict[str, float]
 
 
-def parse_top_k(body: bytes, k: int) -> dict[str, float]:
-    """The k most likely classes of a pool's `{class: probability}` answer, most likely first."""
+TopK = dict[str, float]  # one image's most likely classes, most likely first
+
+
+def parse_answers(body: bytes, k: int) -> list[TopK]:
+    """Per image, the k most likely classes of a pool's answer: the TorchServe API's
+    `{class: probability}` (one image) or the Open Inference outputs `top5_probabilities`
+    and `top5_labels` (N images), so both API surfaces can be shadowed."""
     answer = orjson.loads(body)
+    if isinstance(answer, dict) and isinstance(answer.get("outputs"), list):
+        return _open_inference_top_k(answer["outputs"], k)
+    return [_top_k(answer, k)]
+
+
+def _top_k(answer: object, k: int) -> TopK:
     if not isinstance(answer, dict) or not answer:
         raise ValueError("expected a non-empty {class: probability} object")
     if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in answer.values()):
         raise ValueError("probabilities must be numbers")
     ranked = sorted(answer.items(), key=lambda item: (-item[1], item[0]))
     return {label: float(p) for label, p in ranked[:k]}
+
+
+def _open_inference_top_k(outputs: list, k: int) -> list[TopK]:
+    named = {output.get("name"): output for output in outputs if isinstance(output, dict)}
+    probabilities, labels = named.get("top5_probabilities"), named.get("top5_labels")
+    if probabilities is None or labels is None:
+        raise ValueError("expected the outputs top5_probabilities and top5_labels")
+    shape = probabilities.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and shape == labels.get("shape")):
+        raise ValueError("top5_probabilities and top5_labels must share a [N, k] shape")
+    rows, width = shape
+    values, names = probabilities.get("data"), labels.get("data")
+    if not (isinstance(values, list) and isinstance(names, list) and len(values) == len(names) == rows * width):
+        raise ValueError("output data does not match its shape")
+    answers = []
+    for row in range(rows):
+        answer: dict = {}
+        for label, probability in zip(names[row * width:(row + 1) * width], values[row * width:(row + 1) * width]):
+            answer.setdefault(str(label), probability)  # ImageNet names a few classes twice
+        answers.append(_top_k(answer, k))
+    return answers
 
 
 def compare(primary: dict[str, float], other: dict[str, float]) -> Comparison:
@@ -102,6 +134,21 @@ def compare(primary: dict[str, float], other: dict[str, float]) -> Comparison:
         overlap=len(primary.keys() & other.keys()) / max(len(primary), len(other)),
         max_delta=max(deltas.values()),
         deltas=deltas,
+    )
+
+
+def compare_answers(primary: list[TopK], other: list[TopK]) -> Comparison:
+    """Compare answers image by image; a batch agrees only as far as its worst image does."""
+    if len(primary) != len(other):
+        raise ValueError(f"answers for {len(primary)} and {len(other)} images")
+    if len(primary) == 1:
+        return compare(primary[0], other[0])
+    each = [compare(mine, theirs) for mine, theirs in zip(primary, other)]
+    return Comparison(
+        top1_same=all(c.top1_same for c in each),
+        overlap=min(c.overlap for c in each),
+        max_delta=max(c.max_delta for c in each),
+        deltas={f"{image}:{label}": delta for image, c in enumerate(each) for label, delta in c.deltas.items()},
     )
 
 
@@ -257,7 +304,7 @@ class DiffLog:
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    top_k: dict[str, float] | None = None
+    answers: list[TopK] | None = None  # per image
     seconds: float = 0.0
     error: str | None = None  # a bounded kind, usable as a metric label
 
@@ -320,7 +367,7 @@ class ShadowStage:
         config = test.config
         try:
             try:
-                primary = parse_top_k(reply.inference.body, config.compare.top_k)
+                primary = parse_answers(reply.inference.body, config.compare.top_k)
             except ValueError:  # the primary's answer is no top-k: nothing to compare against
                 metrics.SHADOW_ERRORS.labels(config.name, "primary", "unparseable").inc()
                 return
@@ -348,7 +395,7 @@ class ShadowStage:
         try:
             inference = await self._pools.infer(pool, call)
             seconds = time.perf_counter() - started
-            return _Answer(parse_top_k(inference.body, k), seconds)
+            return _Answer(parse_answers(inference.body, k), seconds)
         except PoolUnreachable:
             return _Answer(error="unreachable")
         except PoolDropped:
@@ -364,24 +411,28 @@ class ShadowStage:
         self,
         config: ShadowTest,
         call: Call,
-        primary: dict[str, float],
+        primary: list[TopK],
         candidate: _Answer,
         baseline: _Answer | None,
         primary_s: float | None,
     ) -> None:
         name = config.name
         row = {"shadow": name, "at": time.time(), "request_id": call.request_id, "tier": call.tier}
+        if candidate.error is None and len(candidate.answers) != len(primary):
+            candidate = _Answer(error="image_count")
         if candidate.error is not None:
             metrics.SHADOW_ERRORS.labels(name, "candidate", candidate.error).inc()
             self._log.append(Sample(**row, outcome="error", error=candidate.error))
             return
-        against_candidate = compare(primary, candidate.top_k)
+        against_candidate = compare_answers(primary, candidate.answers)
         against_baseline = None
         if baseline is not None:
+            if baseline.error is None and len(baseline.answers) != len(primary):
+                baseline = _Answer(error="image_count")
             if baseline.error is not None:
                 metrics.SHADOW_ERRORS.labels(name, "baseline", baseline.error).inc()
             else:
-                against_baseline = compare(primary, baseline.top_k)
+                against_baseline = compare_answers(primary, baseline.answers)
         outcome = judge(against_candidate, against_baseline, config.compare.tolerance)
         latency_delta_s = None if primary_s is None else candidate.seconds - primary_s
 
@@ -397,10 +448,10 @@ class ShadowStage:
         detail = payload = None
         if outcome != "agree":
             detail = orjson.dumps({
-                "primary": primary,
-                "candidate": candidate.top_k,
+                "primary": _as_logged(primary),
+                "candidate": _as_logged(candidate.answers),
                 "delta": dict(sorted(against_candidate.deltas.items(), key=lambda item: -item[1])),
-                **({"baseline": baseline.top_k} if against_baseline else {}),
+                **({"baseline": _as_logged(baseline.answers)} if against_baseline else {}),
             }).decode()
             payload = call.body if config.log_payloads else None
         self._log.append(Sample(
@@ -414,3 +465,8 @@ class ShadowStage:
             detail=detail,
             payload=payload,
         ))
+
+
+def _as_logged(answers: list[TopK]) -> TopK | list[TopK]:
+    """One image's top-k as is; a batch as the list of them."""
+    return answers[0] if len(answers) == 1 else answers

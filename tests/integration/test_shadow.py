@@ -13,6 +13,7 @@ stopping a shadow test is a reload, never a restart.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import io
@@ -159,6 +160,28 @@ def test_int8_against_fp32_differences_are_measured_and_logged(shadowed):
         assert max(detail["delta"].values()) == pytest.approx(row["max_delta"])
     after = shadowed.metric("tiergate_shadow_outcomes_total", shadow="int8-vs-fp32", outcome="disagree")
     assert after - before == len(disagreements)
+
+
+def test_open_inference_batches_are_compared_image_by_image(shadowed):
+    images = photos()[:3]
+    request = {"inputs": [{
+        "name": "images", "datatype": "BYTES", "shape": [len(images)],
+        "data": [base64.b64encode(image).decode() for image in images],
+    }]}
+    ids = {tier: f"v2-{tier}-{uuid.uuid4().hex[:8]}" for tier in ("premium", "standard")}
+    with shadowed.stack.client() as client:
+        for tier, request_id in ids.items():
+            response = client.post("/v2/models/resnet18/infer", json=request,
+                                   headers={"X-SLA-Tier": tier, "X-Request-ID": request_id})
+            assert response.status_code == 200, response.text
+    same, quantized = shadowed.rows([ids["premium"], ids["standard"]])
+    assert (same["shadow"], same["outcome"], same["top1_same"]) == ("same-build", "agree", 1)
+    assert same["max_delta"] < 1e-5
+    assert quantized["shadow"] == "int8-vs-fp32" and quantized["outcome"] in {"agree", "disagree"}
+    assert quantized["max_delta"] > 0  # int8 moved some probability of some image
+    if quantized["detail"] is not None:  # a batch's disagreement logs every image's answers
+        detail = orjson.loads(quantized["detail"])
+        assert len(detail["primary"]) == len(detail["candidate"]) == len(images)
 
 
 def test_payloads_stay_out_of_every_log_by_default(shadowed):

@@ -13,7 +13,7 @@ from gateway.admit import Call
 from gateway.config import parse_config
 from gateway.pool_client import Inference, PoolClient
 from gateway.route import Reply
-from gateway.shadow import Comparison, ShadowStage, compare, judge, parse_top_k
+from gateway.shadow import Comparison, ShadowStage, compare, compare_answers, judge, parse_answers
 
 from .fakes import HandlerTransport, config_data
 
@@ -36,12 +36,42 @@ def test_top1_overlap_and_largest_delta():
     assert result.deltas["egyptian_cat"] == 0.0
 
 
-def test_parse_top_k_ranks_and_truncates():
+def test_parse_answers_ranks_and_truncates():
     body = orjson.dumps({"b": 0.1, "a": 0.7, "c": 0.2})
-    assert list(parse_top_k(body, 2).items()) == [("a", 0.7), ("c", 0.2)]
+    (answer,) = parse_answers(body, 2)
+    assert list(answer.items()) == [("a", 0.7), ("c", 0.2)]
     for bad in (b"not json", b"[]", b"{}", b'{"a": "high"}', b'{"a": true}'):
         with pytest.raises(ValueError):
-            parse_top_k(bad, 5)
+            parse_answers(bad, 5)
+
+
+def open_inference(rows: list[list[tuple[str, float]]]) -> bytes:
+    shape = [len(rows), len(rows[0])]
+    return orjson.dumps({"outputs": [
+        {"name": "top5_probabilities", "datatype": "FP32", "shape": shape, "data": [p for row in rows for _, p in row]},
+        {"name": "top5_labels", "datatype": "BYTES", "shape": shape, "data": [label for row in rows for label, _ in row]},
+    ]})
+
+
+def test_parse_answers_reads_open_inference_outputs_per_image():
+    body = open_inference([[("tabby", 0.6), ("crane", 0.2), ("crane", 0.1)], [("kite", 0.9), ("jay", 0.05), ("hen", 0.01)]])
+    assert parse_answers(body, 2) == [{"tabby": 0.6, "crane": 0.2}, {"kite": 0.9, "jay": 0.05}]
+    broken = orjson.loads(body)
+    broken["outputs"][1]["shape"] = [2, 2]
+    for bad in (orjson.dumps(broken), orjson.dumps({"outputs": broken["outputs"][:1]})):
+        with pytest.raises(ValueError):
+            parse_answers(bad, 5)
+
+
+def test_a_batch_compares_as_its_worst_image():
+    same = [{"a": 0.6, "b": 0.4}, {"c": 0.9, "d": 0.1}]
+    other = [{"a": 0.6, "b": 0.4}, {"d": 0.55, "c": 0.45}]
+    result = compare_answers(same, other)
+    assert not result.top1_same and result.max_delta == pytest.approx(0.45)
+    assert result.deltas["1:c"] == pytest.approx(0.45) and result.deltas["0:a"] == 0.0
+    assert compare_answers(same, same).top1_same
+    with pytest.raises(ValueError):
+        compare_answers(same, same[:1])
 
 
 @pytest.mark.parametrize(
