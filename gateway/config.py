@@ -160,6 +160,11 @@ class GatewayConfig(_Strict):
         default="haproxy",
         description="haproxy: Ray Serve's HAProxy ingress straight to replicas (fast); proxy: Serve's Python proxy",
     )
+    client_timeout_s: int = Field(
+        default=60, ge=1, le=3600,
+        description="how long the HAProxy ingress waits on a silent client (slow headers or body, idle"
+        " keep-alive) before closing its connection; Ray's default is an hour",
+    )
     access_log: bool = Field(default=True, description="one JSON line per request on stderr (no payloads)")
     coalesce: bool = Field(default=True, description="identical concurrent requests share one backend call")
     coalesce_scope: Literal["replica", "cluster"] = Field(

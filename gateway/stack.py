@@ -222,6 +222,17 @@ SERVE_TUNING_ENVIRONMENT = {
 INGRESS_CALLBACK_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "gateway.admit:ingress_middlewares"}
 
 
+def ingress_settings(config: GatewayConfig) -> dict[str, str]:
+    """What every Ray process of a gateway reads from its environment, here and on KubeRay."""
+    return {
+        **SERVE_TUNING_ENVIRONMENT,
+        **INGRESS_CALLBACK_ENVIRONMENT,
+        "RAY_SERVE_ENABLE_HA_PROXY": "1" if config.ingress == "haproxy" else "0",
+        # A silent client holds one of HAProxy's connection slots this long at most.
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(config.client_timeout_s),
+    }
+
+
 def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, str]:
     """Ray Serve's ingress settings, read from the environment when Ray starts.
 
@@ -230,12 +241,10 @@ def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, s
     own, so two stacks on one machine (tests in separate namespaces) never share them.
     """
     if config.ingress != "haproxy":
-        return {**SERVE_TUNING_ENVIRONMENT, **INGRESS_CALLBACK_ENVIRONMENT, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return ingress_settings(config)
     haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return {
-        **SERVE_TUNING_ENVIRONMENT,
-        **INGRESS_CALLBACK_ENVIRONMENT,
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        **ingress_settings(config),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),

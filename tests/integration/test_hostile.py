@@ -31,6 +31,7 @@ from schemathesis.checks import positive_data_acceptance
 from bench.soak import stack_processes
 from gateway import openapi
 from gateway.config import parse_config
+from gateway.stack import StatePaths
 from tests.fuzz.inputs import (
     BODIES,
     HEADER_VALUES,
@@ -144,6 +145,14 @@ live_schema = schemathesis.openapi.from_dict(DOCUMENT)
 live_schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=12)
 rejection = live_schema.config.checks.negative_data_rejection  # 413 refuses too: e.g. a v2 shape of 10^8 images
 rejection.expected_statuses = [*rejection.expected_statuses, "413"]
+
+
+def test_a_silent_client_is_dropped_after_a_minute_not_an_hour(stack):
+    """Ray writes HAProxy's config with `timeout client 3600s`: an hour per slow-header
+    client holding a connection slot. The stack passes the gateway's client_timeout_s."""
+    (config_file,) = StatePaths(stack.state_dir).haproxy.glob("*/haproxy.cfg")
+    timeouts = [line.split() for line in config_file.read_text().splitlines() if line.strip().startswith("timeout client")]
+    assert timeouts == [["timeout", "client", f"{stack.config.get('client_timeout_s', 60)}s"]]
 
 
 def test_the_live_gateway_serves_its_openapi_document(stack, before):

@@ -153,6 +153,7 @@ def test_ray_cluster_has_token_auth_probes_and_resources(documents):
         (container,) = group["template"]["spec"]["containers"]
         env = {e["name"]: e for e in container["env"]}
         assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == "60"  # not Ray's hour
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "tiergate-ray-auth"
         assert container["readinessProbe"] and container["livenessProbe"]
         assert container["resources"]["requests"] == container["resources"]["limits"]
