@@ -313,15 +313,29 @@ def load_model(
             module = torch.jit.load(str(artifacts[ARTIFACT_INT8]), map_location=cpu).eval()
         return LoadedModel(module, backend, cpu, torch.float32, max_batch_size)
     if backend == BACKEND_TENSORRT_FP16:
-        import torch_tensorrt
-
-        module = torch_tensorrt.load(str(artifacts[ARTIFACT_TENSORRT])).module().to(cuda)
-        return LoadedModel(module, backend, cuda, torch.float16, max_batch_size)
+        try:
+            module = load_tensorrt(artifacts[ARTIFACT_TENSORRT], cuda)
+            return LoadedModel(module, backend, cuda, torch.float16, max_batch_size)
+        except Exception:
+            # An engine is tied to the GPU model and TensorRT version it was built for; one
+            # that does not load here must not take the pool down. The MAR also carries the
+            # fp32 program: compile that instead, and report what runs.
+            logger.exception("TensorRT engine did not load; serving with %s", BACKEND_INDUCTOR_CUDA)
+            backend = BACKEND_INDUCTOR_CUDA
     module = torch.export.load(str(artifacts[ARTIFACT_FP32])).module()
     if backend == BACKEND_INDUCTOR_CUDA:
-        module = torch.compile(module.to(cuda), dynamic=True)
-        return LoadedModel(module, backend, cuda, torch.float32, max_batch_size)
+        return LoadedModel(compile_for_cuda(module, cuda), backend, cuda, torch.float32, max_batch_size)
     return LoadedModel(module, backend, cpu, torch.float32, max_batch_size)
+
+
+def load_tensorrt(path: Path, device: torch.device) -> Any:
+    import torch_tensorrt
+
+    return torch_tensorrt.load(str(path)).module().to(device)
+
+
+def compile_for_cuda(module: Any, device: torch.device) -> Any:
+    return torch.compile(module.to(device), dynamic=True)
 
 
 def read_model_dir(model_dir: Path) -> tuple[dict, dict[int, str]]:

@@ -292,6 +292,23 @@ def test_gpu_mar_without_cuda_falls_back_to_cpu_fp32_never_tensorrt(tmp_path, ph
     assert len(answer) == 5
 
 
+def test_tensorrt_engine_that_fails_to_load_falls_back_to_compiled_fp32(tmp_path, monkeypatch, caplog):
+    model_dir = write_model_dir(tmp_path / "gpu", variant="gpu", with_trt=True)
+    variant, _ = handler.read_model_dir(model_dir)
+
+    def engine_for_another_gpu(path, device):
+        raise RuntimeError("engine plan built for a different compute capability")
+
+    compiled = []
+    monkeypatch.setattr(handler, "load_tensorrt", engine_for_another_gpu)
+    monkeypatch.setattr(handler, "compile_for_cuda", lambda module, device: compiled.append(device) or module)
+    loaded = handler.load_model(model_dir, variant, cuda_available=True, trt_importable=True)
+
+    assert loaded.backend == handler.BACKEND_INDUCTOR_CUDA and loaded.input_dtype == torch.float32
+    assert compiled == [torch.device("cuda", 0)]
+    assert "TensorRT engine did not load" in caplog.text
+
+
 def test_torchserve_model_loader_finds_the_entry_point_and_initializes(tmp_path, photo_jpeg, monkeypatch):
     """TorchServe imports handler.py as a top-level module and calls handle(None, ctx) first."""
     model_dir = write_model_dir(tmp_path / "unpacked-mar", variant="int8")
