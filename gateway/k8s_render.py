@@ -43,6 +43,8 @@ RAY_SERVICE = "tiergate"
 RAY_AUTH_SECRET = "tiergate-ray-auth"  # key auth_token: KubeRay's authOptions convention
 POOL_TOKEN_SECRET = "tiergate-pool-token"  # key token: what the gateway presents to pools
 POOL_TOKEN_DIR = "/var/run/secrets/tiergate/pool-token"
+# The shadow tests' SQLite log: one per worker pod, shared by the pod's replicas (WAL).
+SHADOW_LOG_DIR = "/tmp/tiergate-shadow"
 SECRETS_TO_CREATE = {RAY_AUTH_SECRET: "auth_token", POOL_TOKEN_SECRET: "token"}
 
 MODEL_SERVER_HOME = PurePosixPath("/home/model-server")
@@ -271,6 +273,7 @@ class _Cluster:
         """
         data = self.config.model_dump(mode="json", exclude_unset=True, exclude={"artifacts_dir"})
         data["host"] = "0.0.0.0"
+        data["shadow_log"] = f"{SHADOW_LOG_DIR}/shadow.sqlite"
         for pool in self.pools:
             host = f"{pool.deployment}.{self.settings.namespace}.svc.cluster.local"
             entry = data["pools"][pool.name]
@@ -386,6 +389,7 @@ class _Cluster:
         worker["volumeMounts"] = [
             {"name": "pool-token", "mountPath": POOL_TOKEN_DIR, "readOnly": True},
             {"name": "prometheus-multiproc", "mountPath": "/tmp/tiergate-metrics"},
+            {"name": "shadow-log", "mountPath": SHADOW_LOG_DIR},
         ]
         replicas_per_worker = RAY_WORKER_CPUS // GATEWAY_REPLICA_CPUS
         autoscaling = self.gateway_autoscaling()
@@ -399,6 +403,8 @@ class _Cluster:
             "volumes": [
                 {"name": "pool-token", "secret": {"secretName": POOL_TOKEN_SECRET, "defaultMode": 0o440}},
                 {"name": "prometheus-multiproc", "emptyDir": {"sizeLimit": "256Mi"}},
+                # shadow_log_max_rows bounds the rows; the limit bounds the file if they are large.
+                {"name": "shadow-log", "emptyDir": {"sizeLimit": "1Gi"}},
             ],
         }
         head_spec = {

@@ -82,6 +82,15 @@ def test_gateway_reaches_each_pool_through_its_service_with_the_pool_token(docum
         assert service["metadata"]["namespace"] == "tiergate"
 
 
+def test_shadow_log_is_on_a_volume_the_pods_replicas_share(documents):
+    user_config = parse_config(serve_config(documents)["applications"][0]["deployments"][0]["user_config"])
+    worker = one(documents, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in worker["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in worker["volumes"]}
+    volume = volumes[mounts[str(user_config.shadow_log.parent)]]
+    assert "emptyDir" in volume and volume["emptyDir"]["sizeLimit"]
+
+
 def test_torchserve_properties_come_from_the_pool_config(documents, config):
     for name, pool in config.pools.items():
         config_map = one(documents, "ConfigMap", f"tiergate-pool-{name}")
