@@ -418,8 +418,7 @@ class ShadowStage:
     ) -> None:
         name = config.name
         row = {"shadow": name, "at": time.time(), "request_id": call.request_id, "tier": call.tier}
-        if candidate.error is None and len(candidate.answers) != len(primary):
-            candidate = _Answer(error="image_count")
+        candidate = _for_as_many_images(candidate, primary)
         if candidate.error is not None:
             metrics.SHADOW_ERRORS.labels(name, "candidate", candidate.error).inc()
             self._log.append(Sample(**row, outcome="error", error=candidate.error))
@@ -427,8 +426,7 @@ class ShadowStage:
         against_candidate = compare_answers(primary, candidate.answers)
         against_baseline = None
         if baseline is not None:
-            if baseline.error is None and len(baseline.answers) != len(primary):
-                baseline = _Answer(error="image_count")
+            baseline = _for_as_many_images(baseline, primary)
             if baseline.error is not None:
                 metrics.SHADOW_ERRORS.labels(name, "baseline", baseline.error).inc()
             else:
@@ -465,6 +463,13 @@ class ShadowStage:
             detail=detail,
             payload=payload,
         ))
+
+
+def _for_as_many_images(answer: _Answer, primary: list[TopK]) -> _Answer:
+    """The answer, or an `image_count` error when it is not for as many images as the primary's."""
+    if answer.error is None and len(answer.answers) != len(primary):
+        return _Answer(error="image_count")
+    return answer
 
 
 def _as_logged(answers: list[TopK]) -> TopK | list[TopK]:

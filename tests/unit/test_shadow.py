@@ -96,6 +96,22 @@ class Shadowed:
         return REGISTRY.get_sample_value(f"tiergate_shadow_{metric}", {"shadow": self.name, **labels}) or 0.0
 
 
+async def test_a_candidate_answering_for_other_images_is_an_error_not_a_comparison(tmp_path, name):
+    async def two_images(request):
+        shape = [2, 2]
+        return httpx.Response(200, content=orjson.dumps({"outputs": [
+            {"name": "top5_probabilities", "datatype": "FP32", "shape": shape, "data": [0.7, 0.2, 0.6, 0.3]},
+            {"name": "top5_labels", "datatype": "BYTES", "shape": shape, "data": ["tabby", "lynx", "tabby", "lynx"]},
+        ]}), headers={"content-type": "application/json"})
+
+    gateway = Shadowed(tmp_path, pools(two_images), name)
+    assert (await gateway.post(request_id="one-image")).status_code == 200
+    await gateway.close()
+    (row,) = gateway.rows()
+    assert (row["outcome"], row["error"], row["top1_same"]) == ("error", "image_count", None)
+    assert gateway.metric("errors_total", call="candidate", kind="image_count") == 1
+
+
 async def test_same_answers_agree_and_every_sample_is_logged_compactly(tmp_path, name):
     gateway = Shadowed(tmp_path, pools(candidate()), name)
     for i in range(3):
