@@ -10,6 +10,11 @@ two: premium p99 while the CPU pool is kept at capacity *directly* (no gateway),
 hardware's share; flood ÷ that is what the gateway's admission adds. For each premium
 phase the gateway's own histograms split the mean latency into the pool call and the rest
 of the gateway's pipeline (admission, queueing, routing), read from /metrics around it.
+
+The phases are then measured again with the premium pool given a core of its own (CPU 1)
+and everything else on CPU 0, the CPU pool at nice 19 there: as near as two cores come to
+the pools on their own machines (as on Kubernetes), while the gateway, HAProxy, Ray and the
+load generator still share a core with the flooded pool.
     unshare --net -- sh -c 'ip link set lo up && .venv/bin/python -m bench.isolation'
 """
 
@@ -17,11 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
+import psutil
 
+from bench.soak import stack_processes
 from bench.stack import base_config, distinct_jpegs, gateway_counter, running_stack
 
 
@@ -107,9 +117,46 @@ def shed_time(gateway_url: str) -> tuple[float, float]:
     return tuple(gateway_counter(gateway_url, f"{name}_{part}", tier="batch", code="429") for part in ("sum", "count"))
 
 
-async def measure(url: str, pool_url: str, seconds: float) -> None:
+def threads_of(pid: int) -> list[int]:
+    """Every thread of `pid` and its descendants: Linux keeps niceness and CPU affinity per thread."""
+    root = psutil.Process(pid)
+    tids = []
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(FileNotFoundError):  # a short-lived child, gone meanwhile
+            tids += [int(task.name) for task in Path(f"/proc/{process.pid}/task").iterdir()]
+    return tids
+
+
+def give_premium_pool_a_core(stack: dict) -> None:
+    """The premium pool alone on CPU 1; the gateway, Ray, HAProxy, this load generator and the CPU
+    pool on CPU 0, the CPU pool at nice 19 so it gets only the cycles nothing else there wants."""
+    gpu, cpu = (next(pool for pool in stack["pools"] if pool["name"] == name) for name in ("gpu", "cpu"))
+    settings = [(tid, {0}, None) for tid in threads_of(stack["supervisor_pid"]) + threads_of(os.getpid())]
+    settings += [(tid, {0}, 19) for tid in threads_of(cpu["pid"])]
+    settings += [(tid, {1}, None) for tid in threads_of(gpu["pid"])]  # last: the pools may be the supervisor's children
+    for tid, cpus, niceness in settings:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, cpus)
+            if niceness is not None:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+
+
+def cpu_seconds_by_role(status: dict) -> dict[str, float]:
+    """CPU time so far of the stack's processes by role, and of this load generator."""
+    roles = {process.pid: process.role for process in stack_processes(status)}
+    totals: dict[str, float] = {}
+    for process in [*psutil.Process(status["supervisor_pid"]).children(recursive=True), psutil.Process()]:
+        role = "load generator" if process.pid == os.getpid() else roles.get(process.pid, "Ray and launchers")
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
+
+
+async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], seconds: float) -> None:
     gateway_url = url.removesuffix("/predictions/resnet18")
-    bodies = distinct_jpegs(20000, seed=3)
     half = len(bodies) // 2
     # aiohttp: httpx's client queues requests itself at this concurrency, which would be
     # counted as gateway latency.
@@ -131,7 +178,9 @@ async def measure(url: str, pool_url: str, seconds: float) -> None:
         await asyncio.sleep(1)  # let the flood build up before measuring premium
         split = PremiumSplit(gateway_url)
         shed_before = shed_time(gateway_url)
+        cpu_before, began = cpu_seconds_by_role(status), time.perf_counter()
         loaded, loaded_status = await closed(client, url, bodies[5000:half - 2000], "premium", seconds - 1)
+        cpu_after, elapsed = cpu_seconds_by_role(status), time.perf_counter() - began
         loaded_split = split.report()
         shed_s, shed_count = (after - before for before, after in zip(shed_before, shed_time(gateway_url)))
         flood = await flood_task
@@ -145,6 +194,8 @@ async def measure(url: str, pool_url: str, seconds: float) -> None:
     print(f"batch flood at {3 * capacity:.1f} rps: {len(flood)} sent, "
           f"{sum(s == 200 for s, _ in flood)} served, {len(shed)} got 429, "
           f"{sum(s not in (200, 429) for s, _ in flood)} other")
+    cores = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) / elapsed for role in cpu_after}
+    print("  cores used meanwhile: " + ", ".join(f"{role} {used:.2f}" for role, used in sorted(cores.items(), key=lambda item: -item[1])))
     if shed_count:
         print(f"  a 429's mean time in the gateway: {1000 * shed_s / shed_count:.2f} ms over {shed_count:.0f}")
     print(f"ratio premium p99 flood/alone: {p99(loaded) / p99(alone):.2f}   flood/busy pool: {p99(loaded) / p99(contended):.2f}"
@@ -162,10 +213,15 @@ def main() -> int:
         "standard": {"pools": ["cpu"], "priority": 1, "deadline_ms": 10000},
         "batch": {"pools": ["cpu"], "priority": 0, "deadline_ms": 30000},
     }
+    bodies = distinct_jpegs(20000, seed=3)
     with running_stack(config) as stack:
         cpu = next(pool for pool in stack["pools"] if pool["name"] == "cpu")
-        asyncio.run(measure(stack["gateway_url"] + "/predictions/resnet18",
-                            cpu["inference_url"] + "/predictions/resnet18", args.seconds))
+        where = stack, stack["gateway_url"] + "/predictions/resnet18", cpu["inference_url"] + "/predictions/resnet18"
+        print("== pools share the cores with each other")
+        asyncio.run(measure(*where, bodies, args.seconds))
+        give_premium_pool_a_core(stack)
+        print("\n== premium pool alone on CPU 1; the rest on CPU 0, the CPU pool at nice 19 there")
+        asyncio.run(measure(*where, bodies[::-1], args.seconds))
     return 0
 
 
