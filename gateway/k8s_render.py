@@ -923,6 +923,15 @@ class _Cluster:
             "short",
         )
         panel(
+            "Pool batches: images a handler ran together per call (mean)",
+            [(
+                f"sum by (pool) (rate(tiergate_pool_batch_size_sum{{{ns}}}[5m]))"
+                f" / sum by (pool) (rate(tiergate_pool_batch_size_count{{{ns}}}[5m]))",
+                "{{pool}}",
+            )],
+            "short",
+        )
+        panel(
             "Pool replicas (ready)",
             [(
                 f'kube_deployment_status_replicas_ready{{{ns},deployment=~"tiergate-pool-.*"}}',

@@ -72,6 +72,12 @@ BACKEND_LATENCY = Histogram(
     ["pool"],
     buckets=LATENCY_BUCKETS,
 )
+POOL_BATCH_SIZE = Histogram(
+    "tiergate_pool_batch_size",
+    "Images the pool's handler ran together for a call (its X-Tiergate-Batch-Size header)",
+    ["pool"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 COALESCED = Counter(
     "tiergate_coalesced", "Requests answered by an identical concurrent request's backend call",
     ["tier", "model"],

@@ -149,7 +149,10 @@ class PoolClient:
             response = await self.transport.send(pool, request)
         finally:
             metrics.BACKEND_LATENCY.labels(pool).observe(time.perf_counter() - started)
-        return read_inference(pool, response)
+        inference = read_inference(pool, response)
+        if (batch_size := _batch_size(response)) is not None:
+            metrics.POOL_BATCH_SIZE.labels(pool).observe(batch_size)
+        return inference
 
     async def scrape(self, pool: str, url: str, timeout_s: float) -> str | None:
         """The pool's Prometheus exposition text, or None when it does not answer in time."""
@@ -206,6 +209,12 @@ def read_inference(pool: str, response: PoolResponse) -> Inference:
     if 400 <= status < 500:
         raise GatewayError(status, "InvalidInput", _pool_message(response.body, status), pool=pool)
     raise GatewayError(502, "PoolError", f"pool {pool!r} failed the request (HTTP {status})", pool=pool)
+
+
+def _batch_size(response: PoolResponse) -> int | None:
+    """How many images the handler ran together for this call; None from a pool without the header."""
+    value = response.headers.get("x-tiergate-batch-size", "")
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
 
 
 def _pool_message(body: bytes, status: int) -> str:

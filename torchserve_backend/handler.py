@@ -2,7 +2,8 @@
 
 The MAR carries ``variant.json`` naming its artifacts; this handler loads the
 best one the serving host can run and reports the backend it picked in the
-``X-Tiergate-Backend`` response header:
+``X-Tiergate-Backend`` response header, and in ``X-Tiergate-Batch-Size`` how many images
+it ran together for a request (TorchServe's batch, or a multi-image request):
 
 * ``cpu-int8``      TorchScript FX-quantized model (int8 MAR)
 * ``tensorrt-fp16`` Torch-TensorRT ExportedProgram (gpu MAR built where TensorRT ran)
@@ -40,6 +41,7 @@ from torchvision import transforms
 logger = logging.getLogger(__name__)
 
 BACKEND_HEADER = "X-Tiergate-Backend"
+BATCH_SIZE_HEADER = "X-Tiergate-Batch-Size"
 BACKEND_TENSORRT_FP16 = "tensorrt-fp16"
 BACKEND_INDUCTOR_CUDA = "inductor-cuda"
 BACKEND_CPU_FP32 = "cpu-fp32"
@@ -406,8 +408,11 @@ class TiergateHandler:
                 context.set_response_status(400, "Bad Request", idx)
                 responses[idx] = invalid_input_body(str(error))
 
+        batch_size = 0
         if inputs:
-            probabilities = self.model.logits(torch.cat(inputs)).softmax(dim=1)
+            batch = torch.cat(inputs)
+            batch_size = len(batch)
+            probabilities = self.model.logits(batch).softmax(dim=1)
             for idx, rows in zip(input_indices, probabilities.split([len(tensor) for tensor in inputs])):
                 if open_inference_request(data[idx]):
                     responses[idx] = open_inference_answer(rows, self.labels, self.model_name, self.model_version)
@@ -416,6 +421,7 @@ class TiergateHandler:
 
         for idx in range(len(data)):
             context.set_response_header(idx, BACKEND_HEADER, self.backend)
+            context.set_response_header(idx, BATCH_SIZE_HEADER, str(batch_size))
             context.set_response_content_type(idx, "application/json")
         return responses
 

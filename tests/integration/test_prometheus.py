@@ -100,6 +100,9 @@ def test_prometheus_sees_the_traffic_sent_per_tier_and_the_pool_series(stack, pr
     pools = {series["metric"]["pool"] for series in query("ts_inference_requests_total")}
     assert pools == {"gpu", "cpu"}
     assert {s["metric"]["pool"]: float(s["value"][1]) for s in query("tiergate_pool_scrape_up")} == {"gpu": 1.0, "cpu": 1.0}
+    # Every answer carried the real handler's X-Tiergate-Batch-Size, counted per pool.
+    batches = {s["metric"]["pool"]: float(s["value"][1]) for s in query("sum by (pool) (tiergate_pool_batch_size_count)")}
+    assert batches["gpu"] >= SENT["premium"] and batches["cpu"] >= SENT["standard"] + SENT["batch"]
 
 
 def test_shipped_recording_rules_evaluate(stack, prometheus):

@@ -227,14 +227,29 @@ def test_pool_autoscaling_follows_the_gateway_inflight_metric(documents, config)
         assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
 
 
+def gateway_series() -> set[str]:
+    """Every series name the gateway's /metrics can carry, from the metrics it defines."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from gateway import metrics
+
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    return {
+        family.name + suffix
+        for metric in vars(metrics).values() if isinstance(metric, MetricWrapperBase)
+        for family in metric.describe()
+        for suffix in suffixes[family.type]
+    }
+
+
 def test_dashboard_queries_only_metrics_that_exist(documents):
     import json
 
     board = json.loads(one(documents, "ConfigMap", "tiergate-dashboard")["data"]["tiergate.json"])
     rules = one(documents, "PrometheusRule")["spec"]["groups"]
     recorded = {rule["record"] for group in rules for rule in group["rules"] if "record" in rule}
-    scraped = {"tiergate_requests_total", "tiergate_pool_inflight", "kube_deployment_status_replicas_ready",
-               "ts_inference_requests_total", "ts_queue_latency_microseconds"}
+    scraped = gateway_series() | {"kube_deployment_status_replicas_ready", "ts_inference_requests_total",
+                                  "ts_queue_latency_microseconds"}
     used = set()
     for panel in board["panels"]:
         for target in panel["targets"]:

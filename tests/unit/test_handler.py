@@ -145,6 +145,7 @@ def test_batch_runs_one_forward_and_matches_single_requests(fp32_handler, fp32_d
 
     assert forward_batches == [3]
     assert [status(context, i) for i in range(3)] == [200, 200, 200]
+    assert {context.get_response_headers(i)[handler.BATCH_SIZE_HEADER] for i in range(3)} == {"3"}
     assert list(answers[0]) == list(single_jpeg) == list(answers[2])
     assert list(answers[1]) == list(single_png)
     assert answers[0] != answers[1]
@@ -188,6 +189,7 @@ def test_bad_inputs_get_400_while_the_rest_of_the_batch_succeeds(fp32_handler, f
     assert answers[0] == answers[8] and len(answers[0]) == 5
     for idx in range(len(requests)):
         assert context.get_response_headers(idx)[handler.BACKEND_HEADER] == handler.BACKEND_CPU_FP32
+        assert context.get_response_headers(idx)[handler.BATCH_SIZE_HEADER] == "2"  # the images that ran
 
 
 @pytest.mark.parametrize("pil_limit", [Image.MAX_IMAGE_PIXELS, None], ids=["pil-default", "pil-unlimited"])

@@ -67,3 +67,40 @@ async def test_access_log_is_one_json_line_without_the_payload(caplog):
     assert (ok["tier"], ok["pool"], ok["backend"]) == ("premium", "gpu", "tensorrt-fp16")
     assert bad["status"] == 400 and bad["request_id"] != "req\n2"  # a control character: replaced
     assert "PAYLOAD-MARKER" not in caplog.text
+
+
+def batch_size_series(exposition: str, pool: str) -> dict[str, float]:
+    """tiergate_pool_batch_size's count, sum and le="4"/le="8" buckets for one pool."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series = {"count": 0.0, "sum": 0.0, "4.0": 0.0, "8.0": 0.0}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.labels.get("pool") != pool or not sample.name.startswith("tiergate_pool_batch_size"):
+                continue
+            part = sample.name.rsplit("_", 1)[1]
+            key = sample.labels.get("le") if part == "bucket" else part
+            if key in series:
+                series[key] = sample.value
+    return series
+
+
+async def test_pool_batch_sizes_are_counted_from_the_handlers_header():
+    def handler(request):
+        response = by_pool(request)
+        # The CPU pool reports a batch of 8; a pool without the header, or with garbage, counts nothing.
+        response.headers["X-Tiergate-Batch-Size"] = {"cpu.pool": "8", "gpu.pool": "eight"}[request.url.host]
+        return response
+
+    async with gateway(handler) as client:
+        before = (await client.get("/metrics")).text
+        for tier in ("standard", "batch", "premium"):
+            answer = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": tier})
+            assert answer.status_code == 200
+        after = (await client.get("/metrics")).text
+
+    cpu_before, cpu_after = batch_size_series(before, "cpu"), batch_size_series(after, "cpu")
+    assert cpu_after["count"] - cpu_before["count"] == 2
+    assert cpu_after["sum"] - cpu_before["sum"] == 16
+    assert cpu_after["8.0"] - cpu_before["8.0"] == 2 and cpu_after["4.0"] == cpu_before["4.0"]
+    assert batch_size_series(after, "gpu")["count"] == batch_size_series(before, "gpu")["count"]
