@@ -923,7 +923,7 @@ class _Cluster:
             "short",
         )
         panel(
-            "Pool batches: images a handler ran together per call (mean)",
+            "Pool batches: images per handler call (mean)",
             [(
                 f"sum by (pool) (rate(tiergate_pool_batch_size_sum{{{ns}}}[5m]))"
                 f" / sum by (pool) (rate(tiergate_pool_batch_size_count{{{ns}}}[5m]))",

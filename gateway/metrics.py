@@ -74,7 +74,7 @@ BACKEND_LATENCY = Histogram(
 )
 POOL_BATCH_SIZE = Histogram(
     "tiergate_pool_batch_size",
-    "Images the pool's handler ran together for a call (its X-Tiergate-Batch-Size header)",
+    "Images in the handler call that answered (TorchServe's batch; its X-Tiergate-Batch-Size header)",
     ["pool"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )

@@ -212,7 +212,7 @@ def read_inference(pool: str, response: PoolResponse) -> Inference:
 
 
 def _batch_size(response: PoolResponse) -> int | None:
-    """How many images the handler ran together for this call; None from a pool without the header."""
+    """How many images the handler call that answered carried; None from a pool without the header."""
     value = response.headers.get("x-tiergate-batch-size", "")
     return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
 

@@ -3,7 +3,7 @@
 The MAR carries ``variant.json`` naming its artifacts; this handler loads the
 best one the serving host can run and reports the backend it picked in the
 ``X-Tiergate-Backend`` response header, and in ``X-Tiergate-Batch-Size`` how many images
-it ran together for a request (TorchServe's batch, or a multi-image request):
+the call that answered a request carried (TorchServe's batch, or a multi-image request):
 
 * ``cpu-int8``      TorchScript FX-quantized model (int8 MAR)
 * ``tensorrt-fp16`` Torch-TensorRT ExportedProgram (gpu MAR built where TensorRT ran)
