@@ -243,7 +243,7 @@ def build_models(
 @dataclass
 class PhotoSets:
     calibration_paths: list[Path]
-    calibration_crops: list  # 224x224 PIL crops, saved as the calibration record
+    calibration_crops: list[torch.Tensor]  # (3, 224, 224) uint8, saved as the calibration record
     calibration: torch.Tensor
     evaluation: torch.Tensor
 
@@ -473,7 +473,7 @@ def _build_into(
     (staging / CALIBRATION_DIR).mkdir(exist_ok=True)
     np.savez_compressed(
         staging / CALIBRATION_DIR / f"{options.arch}-calibration.npz",
-        images=np.stack([np.asarray(crop) for crop in photo_sets.calibration_crops]),
+        images=np.stack([crop.permute(1, 2, 0).numpy() for crop in photo_sets.calibration_crops]),
         photos=np.array([path.name for path in photo_sets.calibration_paths]),
     )
     (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
