@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -50,7 +51,7 @@ async def post(client, url, body, tier) -> int:
 async def closed(client, url, bodies, tier, seconds, clients=1):
     """Back-to-back requests from `clients` callers; returns (latencies, statuses)."""
     latencies, statuses, stop_at = [], [], time.perf_counter() + seconds
-    feed = iter(bodies)
+    feed = itertools.cycle(bodies)  # a fast pool may need more bodies than the slice holds
 
     async def caller():
         while time.perf_counter() < stop_at:
