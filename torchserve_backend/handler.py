@@ -79,7 +79,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-
 class InvalidInput(ValueError):
     """A request the client got wrong; answered with HTTP 400, never retried."""
 

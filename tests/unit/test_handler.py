@@ -204,6 +204,21 @@ def test_decompression_bomb_is_refused_before_decoding(fp32_handler, fp32_dir, m
     assert "limit" in answers[0]["message"]
 
 
+def test_preprocessing_matches_torchvision_reference_pipeline(photo_jpeg):
+    """The tensor resize is a speed change only: the same input as torchvision's classic
+    Resize(256) / CenterCrop(224) / ToTensor / Normalize on a Pillow image, to about a grey level."""
+    from torchvision import transforms
+
+    reference = transforms.Compose([
+        transforms.Resize(handler.RESIZE_SIZE), transforms.CenterCrop(handler.CROP_SIZE),
+        transforms.ToTensor(), transforms.Normalize(handler.IMAGENET_MEAN, handler.IMAGENET_STD),
+    ])
+    image = handler.decode_image(photo_jpeg, handler.DEFAULT_MAX_IMAGE_PIXELS)
+    ours, theirs = handler.preprocess_image(image), reference(image)
+    assert ours.shape == theirs.shape == (3, 224, 224)
+    assert (ours - theirs).abs().max() < 0.05  # one grey level is 1/255/std ≈ 0.017
+
+
 def test_extreme_aspect_ratio_is_refused_before_resizing():
     # Few pixels, but resizing the short side to 256 would make it 3.2 gigapixels.
     started = time.perf_counter()
