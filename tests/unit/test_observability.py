@@ -6,7 +6,10 @@ import logging
 import time
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
+
+from gateway.pool_client import PoolResponse, _batch_size
 
 from .fakes import by_pool, gateway, jpeg
 
@@ -81,7 +84,7 @@ def batch_size_series(pool: str) -> dict[str, float]:
 async def test_pool_batch_sizes_are_counted_from_the_handlers_header():
     def handler(request):
         response = by_pool(request)
-        # The CPU pool reports a batch of 8; a pool without the header, or with garbage, counts nothing.
+        # The CPU pool reports a batch of 8; a pool sending garbage counts nothing.
         response.headers["X-Tiergate-Batch-Size"] = {"cpu.pool": "8", "gpu.pool": "eight"}[request.url.host]
         return response
 
@@ -96,3 +99,12 @@ async def test_pool_batch_sizes_are_counted_from_the_handlers_header():
     assert cpu_after["sum"] - cpu_before["sum"] == 16
     assert cpu_after["8.0"] - cpu_before["8.0"] == 2 and cpu_after["4.0"] == cpu_before["4.0"]
     assert batch_size_series("gpu")["count"] == gpu_before["count"]
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({"x-tiergate-batch-size": "8"}, 8), ({}, None), ({"x-tiergate-batch-size": ""}, None),
+    ({"x-tiergate-batch-size": "0"}, None), ({"x-tiergate-batch-size": "-1"}, None),
+    ({"x-tiergate-batch-size": "\u0663"}, None),  # a non-ASCII digit int() would accept
+])
+def test_batch_size_header_is_read_only_when_it_is_a_positive_number(headers, expected):
+    assert _batch_size(PoolResponse(200, headers, b"{}")) == expected
