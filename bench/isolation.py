@@ -2,7 +2,9 @@
 
 Premium p99 alone vs premium p99 while `batch` is offered at 3× the CPU pool's
 measured capacity (open loop: arrivals don't wait for answers), the premium error
-count, and the p99 time to a 429. One stack, one run.
+count, and the p99 time to a 429. One stack, one run. Premium and a 50/s batch probe (whose
+429s are timed) are sent by blocking clients in processes of their own, so their times carry
+none of the flood generator's event-loop lag.
 
 Here the "GPU" pool is a CPU process on the same two cores as the CPU pool, so a CPU pool
 busy at capacity slows premium whatever the gateway does. A third figure separates the
@@ -23,11 +25,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import itertools
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
@@ -84,6 +90,29 @@ async def open_loop(client, url, bodies, tier, rate, seconds):
         sent = due
         await asyncio.sleep(0.002)
     await asyncio.gather(*tasks)
+    return outcomes
+
+
+def probe(url: str, bodies: list[bytes], tier: str, interval: float, seconds: float) -> list[tuple[int, float]]:
+    """`tier` requests from a blocking client in a process of its own, one every `interval` s (0:
+    back to back) over `seconds`: [(status, seconds)], status 0 for a connection error. The flood's
+    event loop lags behind its own arrivals by tens of milliseconds; timed here, a request carries
+    none of that, as a caller on another machine would see it (still sharing these two cores)."""
+    parts = urlsplit(url)
+    headers = {"X-SLA-Tier": tier, "Content-Type": "image/jpeg"}
+    connection, outcomes, feed = None, [], itertools.cycle(bodies)
+    stop_at = time.perf_counter() + seconds
+    while (started := time.perf_counter()) < stop_at:
+        connection = connection or http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        try:
+            connection.request("POST", parts.path, body=next(feed), headers=headers)
+            response = connection.getresponse()
+            response.read()
+            outcomes.append((response.status, time.perf_counter() - started))
+        except (OSError, http.client.HTTPException):
+            outcomes.append((0, time.perf_counter() - started))
+            connection = connection.close()
+        time.sleep(max(0.0, started + interval - time.perf_counter()))
     return outcomes
 
 
@@ -156,23 +185,31 @@ def cpu_seconds_by_role(status: dict) -> dict[str, float]:
     return totals
 
 
-async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], seconds: float) -> None:
+async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], seconds: float,
+                  prober: ProcessPoolExecutor) -> None:
+    """Premium and the 429 probe are timed by `probe` in `prober`'s processes; this event loop
+    only generates the load around them."""
     gateway_url = url.removesuffix("/predictions/resnet18")
     half = len(bodies) // 2
+    loop = asyncio.get_running_loop()
+
+    def probing(tier, some_bodies, interval, duration):
+        return loop.run_in_executor(prober, probe, url, some_bodies, tier, interval, duration)
+
     # aiohttp: httpx's client queues requests itself at this concurrency, which would be
     # counted as gateway latency.
     connector = aiohttp.TCPConnector(limit=512)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
-        capacity_lat, capacity_status = await closed(client, url, bodies[:2000], "batch", seconds, clients=4)
+        _, capacity_status = await closed(client, url, bodies[:2000], "batch", seconds, clients=4)
         capacity = capacity_status.count(200) / seconds
         print(f"CPU pool capacity through the gateway (batch, c=4): {capacity:.1f} rps")
         split = PremiumSplit(gateway_url)
-        alone, alone_status = await closed(client, url, bodies[2000:4000], "premium", seconds)
+        alone = await probing("premium", bodies[2000:4000], 0, seconds)
         alone_split = split.report()
         busy_task = asyncio.create_task(closed(client, pool_url, bodies[half - 2000:half], "batch", seconds, clients=4))
         await asyncio.sleep(1)
         split = PremiumSplit(gateway_url)
-        contended, contended_status = await closed(client, url, bodies[4000:5000], "premium", seconds - 1)
+        contended = await probing("premium", bodies[4000:5000], 0, seconds - 1)
         contended_split = split.report()
         await busy_task
         flood_task = asyncio.create_task(open_loop(client, url, bodies[half:], "batch", 3 * capacity, seconds))
@@ -180,26 +217,37 @@ async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], se
         split = PremiumSplit(gateway_url)
         shed_before = shed_time(gateway_url)
         cpu_before, began = cpu_seconds_by_role(status), time.perf_counter()
-        loaded, loaded_status = await closed(client, url, bodies[5000:half - 2000], "premium", seconds - 1)
+        loaded, probed = await asyncio.gather(probing("premium", bodies[5000:half - 2000], 0, seconds - 1),
+                                              probing("batch", bodies[:100], 0.02, seconds - 1))
         cpu_after, elapsed = cpu_seconds_by_role(status), time.perf_counter() - began
         loaded_split = split.report()
         shed_s, shed_count = (after - before for before, after in zip(shed_before, shed_time(gateway_url)))
         flood = await flood_task
-    shed = [s for status, s in flood if status == 429]
-    print(f"premium alone:           p99 {p99(alone):7.1f} ms  ({len(alone)} requests, errors {sum(s != 200 for s in alone_status)})")
+
+    def summary(outcomes):
+        times = [took for _, took in outcomes]
+        return f"p99 {p99(times):7.1f} ms  ({len(outcomes)} requests, errors {sum(s != 200 for s, _ in outcomes)}"
+
+    shed = [took for status, took in probed if status == 429]
+    flood_shed = [took for status, took in flood if status == 429]
+    print(f"premium alone:           {summary(alone)})")
     print(f"  {alone_split}")
-    print(f"premium, CPU pool busy:  p99 {p99(contended):7.1f} ms  ({len(contended)} requests, errors {sum(s != 200 for s in contended_status)}; pool loaded directly, no gateway)")
+    print(f"premium, CPU pool busy:  {summary(contended)}; pool loaded directly, no gateway)")
     print(f"  {contended_split}")
-    print(f"premium under the flood: p99 {p99(loaded):7.1f} ms  ({len(loaded)} requests, errors {sum(s != 200 for s in loaded_status)})")
+    print(f"premium under the flood: {summary(loaded)})")
     print(f"  {loaded_split}")
     print(f"batch flood at {3 * capacity:.1f} rps: {len(flood)} sent, "
-          f"{sum(s == 200 for s, _ in flood)} served, {len(shed)} got 429, "
-          f"{sum(s not in (200, 429) for s, _ in flood)} other")
+          f"{sum(s == 200 for s, _ in flood)} served, {len(flood_shed)} got 429, "
+          f"{sum(s not in (200, 429) for s, _ in flood)} other; "
+          f"a 429 as the flood's own event loop times it: p99 {p99(flood_shed):.1f} ms")
     cores = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) / elapsed for role in cpu_after}
     print("  cores used meanwhile: " + ", ".join(f"{role} {used:.2f}" for role, used in sorted(cores.items(), key=lambda item: -item[1])))
     if shed_count:
         print(f"  a 429's mean time in the gateway: {1000 * shed_s / shed_count:.2f} ms over {shed_count:.0f}")
-    print(f"ratio premium p99 flood/alone: {p99(loaded) / p99(alone):.2f}   flood/busy pool: {p99(loaded) / p99(contended):.2f}"
+    print(f"batch probe (up to 50/s, blocking client): {len(shed)} of {len(probed)} got 429, "
+          f"p50 {1000 * sorted(shed)[len(shed) // 2] if shed else float('nan'):.1f} ms")
+    alone_p99, contended_p99, loaded_p99 = (p99([s for _, s in phase]) for phase in (alone, contended, loaded))
+    print(f"ratio premium p99 flood/alone: {loaded_p99 / alone_p99:.2f}   flood/busy pool: {loaded_p99 / contended_p99:.2f}"
           f"   p99 time to a 429: {p99(shed):.1f} ms")
 
 
@@ -215,14 +263,18 @@ def main() -> int:
         "batch": {"pools": ["cpu"], "priority": 0, "deadline_ms": 30000},
     }
     bodies = distinct_jpegs(20000, seed=3)
-    with running_stack(config) as stack:
+    # spawned, not forked (a fork would copy this process's event loop), and started now: no
+    # probe is timed with a process start in it
+    prober = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    list(prober.map(time.sleep, [0.5, 0.5]))
+    with prober, running_stack(config) as stack:
         cpu = next(pool for pool in stack["pools"] if pool["name"] == "cpu")
         where = stack, stack["gateway_url"] + "/predictions/resnet18", cpu["inference_url"] + "/predictions/resnet18"
         print("== pools share the cores with each other")
-        asyncio.run(measure(*where, bodies, args.seconds))
+        asyncio.run(measure(*where, bodies, args.seconds, prober))
         give_premium_pool_a_core(stack)
         print("\n== premium pool alone on CPU 1; the rest on CPU 0, the CPU pool at nice 19 there")
-        asyncio.run(measure(*where, bodies[::-1], args.seconds))
+        asyncio.run(measure(*where, bodies[::-1], args.seconds, prober))
     return 0
 
 
