@@ -2,12 +2,16 @@
 
 Premium p99 alone vs premium p99 while `batch` is offered at 3× the CPU pool's
 measured capacity (open loop: arrivals don't wait for answers), the premium error
-count, and the p99 time to a 429. One stack, one run. Premium and a 50/s batch probe (whose
-429s are timed) are sent by blocking clients in processes of their own, so their times carry
-none of the flood generator's event-loop lag.
+count, and the p99 time to a 429; two stacks, one run. Premium and a batch probe (whose 429s
+are timed) are sent by blocking clients in processes of their own, so their times carry none
+of the flood generator's event-loop lag.
 
-Here the "GPU" pool is a CPU process on the same two cores as the CPU pool, so a CPU pool
-busy at capacity slows premium whatever the gateway does. A third figure separates the
+First the premium pool is a stand-in for one on another machine, as it is in production (a
+GPU node): it answers after a fixed wait, computing nothing on these cores. That isolates what
+the issue asks about: does the gateway keep premium healthy while it sheds a flood?
+
+Then the "GPU" pool is the real one, a CPU process on the same two cores as the CPU pool, so a
+CPU pool busy at capacity slows premium whatever the gateway does. A third figure separates the
 two: premium p99 while the CPU pool is kept at capacity *directly* (no gateway), the
 hardware's share; flood ÷ that is what the gateway's admission adds. For each premium
 phase the gateway's own histograms split the mean latency into the pool call and the rest
@@ -93,11 +97,12 @@ async def open_loop(client, url, bodies, tier, rate, seconds):
     return outcomes
 
 
-def probe(url: str, bodies: list[bytes], tier: str, interval: float, seconds: float) -> list[tuple[int, float]]:
-    """`tier` requests from a blocking client in a process of its own, one every `interval` s (0:
-    back to back) over `seconds`: [(status, seconds)], status 0 for a connection error. The flood's
-    event loop lags behind its own arrivals by tens of milliseconds; timed here, a request carries
-    none of that, as a caller on another machine would see it (still sharing these two cores)."""
+def probe(url: str, bodies: list[bytes], tier: str, pause: float, seconds: float) -> list[tuple[int, float]]:
+    """`tier` requests from a blocking client in a process of its own, `pause` s apart (0: back to
+    back) over `seconds`: [(status, seconds)], status 0 for a connection error. The flood's event
+    loop lags behind its own arrivals by tens of milliseconds; timed here, a request carries none
+    of that, as a caller on another machine would see it (still sharing these two cores). The
+    pause also keeps a batch probe from taking the slot its own answer just freed."""
     parts = urlsplit(url)
     headers = {"X-SLA-Tier": tier, "Content-Type": "image/jpeg"}
     connection, outcomes, feed = None, [], itertools.cycle(bodies)
@@ -112,8 +117,27 @@ def probe(url: str, bodies: list[bytes], tier: str, interval: float, seconds: fl
         except (OSError, http.client.HTTPException):
             outcomes.append((0, time.perf_counter() - started))
             connection = connection.close()
-        time.sleep(max(0.0, started + interval - time.perf_counter()))
+        time.sleep(pause)
     return outcomes
+
+
+def stand_in_pool(port: int, wait_s: float) -> None:
+    """A premium pool on another machine, as these two cores see it: it reads the image and answers
+    `wait_s` later, computing nothing here. Runs until terminated."""
+    from aiohttp import web
+
+    async def predict(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(wait_s)
+        return web.json_response({"stand-in": 1.0}, headers={"X-Tiergate-Backend": "stand-in"})
+
+    async def ping(_: web.Request) -> web.Response:
+        return web.json_response({"status": "Healthy"})
+
+    app = web.Application(client_max_size=16 << 20)
+    app.router.add_post("/predictions/resnet18", predict)
+    app.router.add_get("/ping", ping)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 class PremiumSplit:
@@ -218,7 +242,7 @@ async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], se
         shed_before = shed_time(gateway_url)
         cpu_before, began = cpu_seconds_by_role(status), time.perf_counter()
         loaded, probed = await asyncio.gather(probing("premium", bodies[5000:half - 2000], 0, seconds - 1),
-                                              probing("batch", bodies[:100], 0.02, seconds - 1))
+                                              probing("batch", bodies[:100], 0.01, seconds - 1))
         cpu_after, elapsed = cpu_seconds_by_role(status), time.perf_counter() - began
         loaded_split = split.report()
         shed_s, shed_count = (after - before for before, after in zip(shed_before, shed_time(gateway_url)))
@@ -244,7 +268,7 @@ async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], se
     print("  cores used meanwhile: " + ", ".join(f"{role} {used:.2f}" for role, used in sorted(cores.items(), key=lambda item: -item[1])))
     if shed_count:
         print(f"  a 429's mean time in the gateway: {1000 * shed_s / shed_count:.2f} ms over {shed_count:.0f}")
-    print(f"batch probe (up to 50/s, blocking client): {len(shed)} of {len(probed)} got 429, "
+    print(f"batch probe (10 ms apart, blocking client): {len(shed)} of {len(probed)} got 429, "
           f"p50 {1000 * sorted(shed)[len(shed) // 2] if shed else float('nan'):.1f} ms")
     alone_p99, contended_p99, loaded_p99 = (p99([s for _, s in phase]) for phase in (alone, contended, loaded))
     print(f"ratio premium p99 flood/alone: {loaded_p99 / alone_p99:.2f}   flood/busy pool: {loaded_p99 / contended_p99:.2f}"
@@ -254,6 +278,8 @@ async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], se
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--stand-in-ms", type=float, default=35.0,
+                        help="the stand-in premium pool's answer time (the local one's mean call here: 31-36 ms)")
     args = parser.parse_args()
     config = base_config(coalesce=False)
     config["pools"]["cpu"].update(max_concurrency=2, max_queue=4)
@@ -263,18 +289,29 @@ def main() -> int:
         "batch": {"pools": ["cpu"], "priority": 0, "deadline_ms": 30000},
     }
     bodies = distinct_jpegs(20000, seed=3)
-    # spawned, not forked (a fork would copy this process's event loop), and started now: no
-    # probe is timed with a process start in it
-    prober = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    spawn = multiprocessing.get_context("spawn")  # not fork: a fork would copy this process's event loop
+    # started now, so no probe is timed with a process start in it
+    prober = ProcessPoolExecutor(2, mp_context=spawn)
     list(prober.map(time.sleep, [0.5, 0.5]))
-    with prober, running_stack(config) as stack:
+
+    def urls(stack: dict) -> tuple[dict, str, str]:
         cpu = next(pool for pool in stack["pools"] if pool["name"] == "cpu")
-        where = stack, stack["gateway_url"] + "/predictions/resnet18", cpu["inference_url"] + "/predictions/resnet18"
-        print("== pools share the cores with each other")
-        asyncio.run(measure(*where, bodies, args.seconds, prober))
-        give_premium_pool_a_core(stack)
-        print("\n== premium pool alone on CPU 1; the rest on CPU 0, the CPU pool at nice 19 there")
-        asyncio.run(measure(*where, bodies[::-1], args.seconds, prober))
+        return stack, stack["gateway_url"] + "/predictions/resnet18", cpu["inference_url"] + "/predictions/resnet18"
+
+    with prober:
+        stand_in = spawn.Process(target=stand_in_pool, args=(8070, args.stand_in_ms / 1000), daemon=True)
+        stand_in.start()
+        remote = {**config, "pools": {**config["pools"], "gpu": {"url": "http://127.0.0.1:8070", "max_concurrency": 8}}}
+        with running_stack(remote) as stack:
+            print(f"== premium pool on another machine: a stand-in answering after {args.stand_in_ms:.0f} ms")
+            asyncio.run(measure(*urls(stack), bodies, args.seconds, prober))
+        stand_in.terminate()
+        with running_stack(config) as stack:
+            print("\n== pools share the cores with each other")
+            asyncio.run(measure(*urls(stack), bodies[::-1], args.seconds, prober))
+            give_premium_pool_a_core(stack)  # pins this process too: last
+            print("\n== premium pool alone on CPU 1; the rest on CPU 0, the CPU pool at nice 19 there")
+            asyncio.run(measure(*urls(stack), bodies, args.seconds, prober))
     return 0
 
 
