@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import yaml
@@ -35,12 +36,17 @@ def digest(key: str) -> str:
 class KeyBook:
     """Looks up callers by the digest of their bearer key."""
 
-    def __init__(self, auth: AuthConfig) -> None:
+    def __init__(self, auth: AuthConfig, tiers: Collection[str]) -> None:
+        """Raises ValueError for a key (from a file or env var: the config checked its own) that
+        names a tier `tiers` lacks, so a reload that drops a tier some key still uses fails."""
         keys = list(auth.keys)
         if auth.keys_file is not None:
             keys += _keys_from_yaml(auth.keys_file.read_text(), str(auth.keys_file))
         if auth.keys_env is not None:
             keys += _keys_from_yaml(os.environ.get(auth.keys_env, "") or "[]", f"${auth.keys_env}")
+        for key in keys:
+            if unknown := set(key.tiers) - set(tiers):
+                raise ValueError(f"API key {key.name!r} names unknown tiers {sorted(unknown)}")
         self._callers = {
             key.sha256: Caller(key.name, frozenset(key.tiers), key.default_tier) for key in keys
         }

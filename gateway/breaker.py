@@ -64,6 +64,11 @@ class Breaker:
         self._probe_started = None
         self._state = State.CLOSED
 
+    def inconclusive(self) -> None:
+        """A call that ended saying nothing of the pool's health (it ran out of its own time):
+        counted neither way; in half-open, the next call may probe."""
+        self._probe_started = None
+
     def failed(self) -> None:
         self._recent.append(True)
         self._failures += 1

@@ -2,8 +2,8 @@
 ones may be answered from a small content-hash cache.
 
 Two requests are identical when they ask the same model and version, of the same
-pool (so the same model variant), with byte-identical bodies. The first becomes the
-leader and makes the call; followers wait for its outcome, each within its own
+pool (so the same model variant), with byte-identical bodies; only those of one tier share
+a call, which runs under the leader's tier. The first becomes the leader and makes the call; followers wait for its outcome, each within its own
 deadline, and get the same answer or the same error (no thundering retry). The call
 runs in its own task, so a leader whose client goes away does not fail its followers.
 """

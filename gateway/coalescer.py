@@ -27,7 +27,9 @@ from .pipeline import Pipeline
 from .pool_client import AiohttpTransport
 from .route import Reply
 
-# Monotonic clocks differ between nodes: a call crosses the hop with its time left.
+# Monotonic clocks differ between nodes: a call crosses the hop with its time left and the
+# (NTP-synced) wall-clock time it was sent. The gateway replica waits a little longer than
+# the budget, so the coalescer's own answer, a 504 included, gets back first.
 HOP_SLACK_S = 0.5
 
 
@@ -44,19 +46,26 @@ HOP_SLACK_S = 0.5
 class Coalescer:
     def __init__(self) -> None:
         self._pipeline: Pipeline | None = None
+        self._draining: set[asyncio.Task] = set()  # referenced, or a task may be collected mid-drain
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse_config(user_config, "user_config")
         previous, self._pipeline = self._pipeline, Pipeline(config, AiohttpTransport(config.pools))
         if previous is not None:
-            asyncio.get_running_loop().create_task(previous.close_when_idle())
+            self._draining.add(asyncio.create_task(previous.close_when_idle()))
+            self._draining = {task for task in self._draining if not task.done()}
 
-    async def coalesce(self, call: Call) -> tuple:
-        """Returns ("ok", Reply) or ("error", status, code, message, headers, pool)."""
+    async def coalesce(self, call: Call, sent_at: float) -> tuple:
+        """`call.deadline` is its time left when sent, at `sent_at` (time.time()); returns ("ok",
+        Reply) or ("error", status, code, message, headers, pool)."""
         assert self._pipeline is not None
-        local = dataclasses.replace(call, deadline=time.monotonic() + call.deadline)
+        # The wait in the handle's queue counts; a sender's clock ahead of ours counts as none.
+        queued = min(max(0.0, time.time() - sent_at), call.deadline)
+        local = dataclasses.replace(call, deadline=time.monotonic() + call.deadline - queued)
+        pipeline = self._pipeline
         try:
-            return ("ok", await self._pipeline.coalesce(local))
+            with pipeline.in_use():
+                return ("ok", await pipeline.coalesce(local))
         except GatewayError as exc:
             return ("error", exc.status, exc.code, exc.message, exc.headers, exc.pool)
 
@@ -74,7 +83,9 @@ class RemoteCoalescer:
         budget = call.time_left()
         if budget <= 0:
             raise GatewayError(504, "DeadlineExceeded", f"tier {call.tier!r} deadline passed")
-        response = self._handle.options(session_id=key).coalesce.remote(dataclasses.replace(call, deadline=budget))
+        response = self._handle.options(session_id=key).coalesce.remote(
+            dataclasses.replace(call, deadline=budget), time.time()
+        )
         try:
             outcome = await asyncio.wait_for(response, budget + HOP_SLACK_S)
         except asyncio.TimeoutError:

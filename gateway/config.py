@@ -67,6 +67,11 @@ class PoolConfig(_Strict):
         default=0.5, gt=0, le=1, description="share of the last breaker_window calls failing that opens the breaker"
     )
     breaker_window: int = Field(default=20, ge=2, description="calls the error rate is taken over")
+    breaker_min_timeout_s: float = Field(
+        default=1.0, ge=0,
+        description="a call that times out counts against the breaker only if it had this long to run "
+        "(shorter: its tier's deadline was tight, not the pool sick)",
+    )
     local: LocalLaunch | None = None
 
     @field_validator("url", "metrics_url")
@@ -196,6 +201,14 @@ class GatewayConfig(_Strict):
             if not NAME.match(key):
                 raise ValueError(f"name {key!r} must match {NAME.pattern}")
         return entries
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_lower_case(cls, tiers: dict[str, Any]) -> dict[str, Any]:
+        for name in tiers:
+            if name != name.lower():  # the tier header is matched in lower case
+                raise ValueError(f"tier name {name!r} must be lower case, e.g. {name.lower()!r}")
+        return tiers
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:

@@ -30,16 +30,17 @@ PREDICT = re.compile(r"^/predictions/([^/]+)(?:/([^/]+))?/?$")
 
 class HttpFront:
     def __init__(self, config: GatewayConfig, transport: Transport, remote: Coalesce | None = None) -> None:
-        self.keys = KeyBook(config.auth)
+        self.keys = KeyBook(config.auth, config.tiers)
         self.pipeline = Pipeline(config, transport, remote)
         self.v2 = OpenInferenceFront(self.pipeline, self.keys)
         self.openapi = orjson.dumps(openapi.document(config, keys_required=self.keys.enabled))
 
     async def handle(self, request: Request) -> Response:
-        started = time.perf_counter()
+        started, arrived = time.perf_counter(), time.monotonic()
         request_id = admit.request_id(request)
         try:
-            response = await self._dispatch(request, request_id)
+            with self.pipeline.in_use():
+                response = await self._dispatch(request, request_id, arrived)
         except GatewayError as exc:
             response = error_response(exc, request_id)
         except Exception:  # a gateway bug: answer, log without the payload, keep serving
@@ -49,14 +50,14 @@ class HttpFront:
             access_log.record(request, response, request_id, time.perf_counter() - started)
         return response
 
-    async def _dispatch(self, request: Request, request_id: str) -> Response:
+    async def _dispatch(self, request: Request, request_id: str, arrived: float) -> Response:
         path, method = request.scope["path"], request.method  # request.url would parse the whole URL
         if path == "/v2" or path.startswith("/v2/"):  # Open Inference Protocol, with its own error shape
-            return await self.v2.handle(request, request_id)
+            return await self.v2.handle(request, request_id, arrived)
         match = PREDICT.match(path)
         if match:
             _allow(method, "POST")
-            return await self._predict(request, request_id, match.group(1), match.group(2))
+            return await self._predict(request, request_id, arrived, match.group(1), match.group(2))
         if path == "/healthz":
             _allow(method, "GET")
             return _json(200, {"status": "alive"})
@@ -74,7 +75,7 @@ class HttpFront:
         raise GatewayError(404, "NotFound", "no such endpoint; inference is POST /predictions/{model}")
 
     async def _predict(
-        self, request: Request, request_id: str, model: str, version: str | None
+        self, request: Request, request_id: str, arrived: float, model: str, version: str | None
     ) -> Response:
         config = self.pipeline.config
         caller = self.keys.identify(request.headers.get("authorization"))
@@ -90,7 +91,7 @@ class HttpFront:
             tier=tier,
             body=body,
             request_id=request_id,
-            deadline=time.monotonic() + config.tiers[tier].deadline_ms / 1000,
+            deadline=arrived + config.tiers[tier].deadline_ms / 1000,  # the upload counts too
         )
         try:
             reply = await self.pipeline.infer(call)

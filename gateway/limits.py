@@ -68,8 +68,8 @@ class PoolGate:
             return
         waiter = _Waiter((-priority, next(self._arrivals)), tier, sheddable, asyncio.get_running_loop().create_future())
         if len(self._queue) >= self.queue_bound:
-            lowest = self._queue[-1]
-            if lowest.rank <= waiter.rank or not lowest.sheddable:
+            lowest = self._queue[-1] if self._queue else None  # none with queue_bound 0
+            if lowest is None or lowest.rank <= waiter.rank or not lowest.sheddable:
                 raise shed(self.pool, tier) if sheddable else saturated(self.pool)
             self._queue.pop()
             lowest.future.set_exception(shed(self.pool, lowest.tier))

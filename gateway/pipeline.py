@@ -8,8 +8,10 @@ Each stage is its own module with one small interface; this module only orders t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Awaitable, Callable
 
 from . import metrics
@@ -45,7 +47,6 @@ class Pipeline:
     async def infer(self, call: Call) -> Reply:
         started = time.perf_counter()
         pool, code, backend = metrics.UNKNOWN, 500, metrics.UNKNOWN
-        self._enter()
         try:
             reply = await (self._remote or self.coalesce)(call)
             pool, code, backend = reply.pool, 200, reply.inference.backend
@@ -55,7 +56,6 @@ class Pipeline:
             code, pool = exc.status, exc.pool or pool
             raise
         finally:
-            self._leave()
             metrics.REQUESTS.labels(call.tier, pool, call.model, str(code), backend).inc()
             metrics.LATENCY.labels(call.tier, pool, call.model, str(code)).observe(
                 time.perf_counter() - started
@@ -74,8 +74,10 @@ class Pipeline:
             if hit is not None:
                 return dataclasses.replace(hit, cache="hit")
         if self.config.coalesce:
+            # Followers wait on their leader's call, made under the leader's tier (priority,
+            # shedding, deadline): only a request of the same tier may follow it.
             reply, followed = await self.flights.run(
-                key, call.deadline, lambda: self.router.dispatch(call, self.pools.infer),
+                f"{key}~{call.tier}", call.deadline, lambda: self.router.dispatch(call, self.pools.infer),
                 on_timeout=lambda: GatewayError(
                     504, "DeadlineExceeded", f"tier {call.tier!r} deadline passed waiting for an identical request"
                 ),
@@ -103,11 +105,15 @@ class Pipeline:
         await self.shadows.close()  # shadow calls use the transport: before closing it
         await self.pools.transport.aclose()
 
-    def _enter(self) -> None:
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held by whoever serves a request on this pipeline, from before its first await (before
+        its body is read): a reload closes the pipeline only once nobody holds it."""
         self._active += 1
         self._idle.clear()
-
-    def _leave(self) -> None:
-        self._active -= 1
-        if self._active == 0:
-            self._idle.set()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()

@@ -2,7 +2,9 @@
 
 For a tier, the pools in `pools` are tried in order, skipping any whose breaker is
 open; a pool that refuses the connection, drops it mid-call or answers 503 hands the
-call to the next one (never twice to the same pool, always within the deadline).
+call to the next one (never twice to the same pool, always within the deadline). A
+timeout counts against a pool's breaker only when the call had `breaker_min_timeout_s` to
+run: a tier with a tight deadline must not open the breaker on a healthy pool for all.
 Re-running a dropped call elsewhere is safe because an inference is a pure function of
 its body: the dead pool's half-done work changes nothing. When the tier's pool
 has no free slot, a `spillover` pool with headroom beyond its reserve takes the call
@@ -65,10 +67,13 @@ class Router:
     async def dispatch(self, call: Call, send: Send) -> Reply:
         tier = self.config.tiers[call.tier]
         last_error: GatewayError | None = None
+        tried: set[str] = set()  # a spillover pool may also be listed in `pools`
         for pool in tier.pools:
-            if self.breakers[pool].state is State.OPEN:
+            if pool in tried or self.breakers[pool].state is State.OPEN:
                 continue
-            target = await self._take_slot(call, pool, tier.spillover, tier.priority, tier.sheddable)
+            spillover = [other for other in tier.spillover if other not in tried]
+            target = await self._take_slot(call, pool, spillover, tier.priority, tier.sheddable)
+            tried.add(target)
             try:
                 return Reply(await self._send(call, target, send), target)
             except _TryNext as retry:
@@ -112,8 +117,12 @@ class Router:
         breaker, gate = self.breakers[pool], self.gates[pool]
         self._observe(gate)
         try:
-            if not breaker.allow():
-                raise _TryNext("breaker_open", _unavailable(pool, "its circuit breaker is open"))
+            if not breaker.allow():  # half-open, its one probe already out
+                raise _TryNext("breaker_open", GatewayError(
+                    503, "PoolUnavailable", f"pool {pool!r} is being probed after failing; retry later",
+                    {"Retry-After": str(math.ceil(self.config.pools[pool].breaker_open_s))}, pool=pool,
+                ))
+            budget = call.time_left()
             try:
                 inference = await send(pool, call)
             except PoolUnreachable as exc:
@@ -123,7 +132,10 @@ class Router:
                 self._failed(pool)
                 raise _TryNext("dropped", GatewayError(502, "PoolDropped", str(exc), pool=pool)) from None
             except PoolTimeout:
-                self._failed(pool)
+                if budget >= self.config.pools[pool].breaker_min_timeout_s:
+                    self._failed(pool)
+                else:  # the tier's deadline was tight: says nothing about the pool
+                    breaker.inconclusive()
                 raise GatewayError(
                     504, "DeadlineExceeded", f"tier {call.tier!r} deadline passed waiting for pool {pool!r}",
                     pool=pool,

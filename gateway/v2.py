@@ -31,7 +31,6 @@ import importlib.metadata
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,16 +81,17 @@ class OpenInferenceFront:
         self.pipeline = pipeline
         self.keys = keys
 
-    async def handle(self, request: Request, request_id: str) -> Response:
+    async def handle(self, request: Request, request_id: str, arrived: float) -> Response:
+        """`arrived`: time.monotonic() when the request came in; its tier's deadline runs from then."""
         try:
-            return await self._dispatch(request, request_id)
+            return await self._dispatch(request, request_id, arrived)
         except GatewayError as exc:
             return error_response(exc, request_id)
         except Exception:  # a gateway bug: answer in this protocol's shape, log without the payload
             log.exception("unhandled error for request %s", request_id)
             return error_response(GatewayError(500, "InternalError", "internal gateway error"), request_id)
 
-    async def _dispatch(self, request: Request, request_id: str) -> Response:
+    async def _dispatch(self, request: Request, request_id: str, arrived: float) -> Response:
         path, method = request.url.path.rstrip("/"), request.method
         match = MODEL_PATH.match(path)
         if match:
@@ -99,7 +99,7 @@ class OpenInferenceFront:
             admit.check_model(self.pipeline.config, model, version)
             if action == "infer":
                 _allow(method, "POST")
-                return await self._infer(request, request_id, model, version)
+                return await self._infer(request, request_id, arrived, model, version)
             _allow(method, "GET")
             if action == "ready":
                 await self._check_ready()
@@ -121,7 +121,9 @@ class OpenInferenceFront:
         if failing:
             raise GatewayError(503, "NotReady", "not ready; " + "; ".join(failing))
 
-    async def _infer(self, request: Request, request_id: str, model: str, version: str | None) -> Response:
+    async def _infer(
+        self, request: Request, request_id: str, arrived: float, model: str, version: str | None
+    ) -> Response:
         config = self.pipeline.config
         caller = self.keys.identify(request.headers.get("authorization"))
         tier = admit.resolve_tier(config, request, caller.default_tier if caller else None)
@@ -142,7 +144,7 @@ class OpenInferenceFront:
             tier=tier,
             body=infer.pool_body,
             request_id=request_id,
-            deadline=time.monotonic() + config.tiers[tier].deadline_ms / 1000,
+            deadline=arrived + config.tiers[tier].deadline_ms / 1000,  # upload and parsing count too
             content_type="application/json",
         )
         try:

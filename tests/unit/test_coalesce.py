@@ -59,7 +59,9 @@ async def test_a_failing_leader_fails_its_followers_with_the_same_error_once():
     assert len({a.json()["type"] for a in answers}) == 1
 
 
-async def test_a_follower_times_out_at_its_own_shorter_deadline():
+async def test_identical_requests_of_different_tiers_make_their_own_calls():
+    # A follower's call would run under its leader's tier (priority, shedding, deadline): a
+    # standard request must not be shed or timed as another tier, so only one tier shares a call.
     handler, calls = counting(delay_s=0.6)
     tiers = {
         "premium": {"pools": ["cpu"], "deadline_ms": 5000},
@@ -70,12 +72,12 @@ async def test_a_follower_times_out_at_its_own_shorter_deadline():
         leader = asyncio.create_task(burst(client, [jpeg()], tier="premium"))
         await asyncio.sleep(0.05)
         started = asyncio.get_running_loop().time()
-        (follower,) = await burst(client, [jpeg()], tier="standard")
+        (standard,) = await burst(client, [jpeg()], tier="standard")
         waited = asyncio.get_running_loop().time() - started
         (lead,) = await leader
-    assert follower.status_code == 504 and waited < 0.5
-    assert lead.status_code == 200
-    assert len(calls) == 1
+    assert standard.status_code == 504 and waited < 0.5  # its own tier's deadline
+    assert lead.status_code == 200 and "x-tiergate-coalesced" not in lead.headers
+    assert len(calls) == 2
 
 
 async def test_coalescing_off_sends_every_request():

@@ -16,7 +16,7 @@ def minimal(**overrides):
 def test_bundled_local_stack_config_is_valid():
     config = load_config(default_config())
     assert config.default_tier == "standard"
-    assert config.tiers["premium"].pools == ["gpu"]
+    assert config.tiers["premium"].pools == ["gpu", "cpu"] and not config.tiers["premium"].sheddable
     assert config.tiers["batch"].pools == ["cpu"]
     assert config.pools["cpu"].local.variant == "int8"
     assert config.pools["gpu"].local.variant == "gpu"
@@ -40,6 +40,7 @@ def test_defaults_apply():
         ({"port": 70000}, "port"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
         ({"models": ["../etc"]}, "model name '../etc'"),
+        ({"tiers": {"Gold": {"pools": ["cpu"]}}}, "tier name 'Gold' must be lower case"),
     ],
 )
 def test_bad_config_names_the_problem(overrides, expected):

@@ -9,9 +9,12 @@ import pytest
 from gateway.auth import digest
 from gateway.breaker import Breaker, State
 from gateway.errors import GatewayError
+from gateway.config import parse_config
+from gateway.http import HttpFront
 from gateway.limits import PoolGate
+from starlette.requests import Request
 
-from .fakes import by_pool, gateway, jpeg
+from .fakes import HandlerTransport, by_pool, config_data, gateway, jpeg
 
 
 def keyed(**overrides):
@@ -230,3 +233,121 @@ async def test_standard_spills_to_gpu_only_within_headroom_beyond_the_reserve():
     pools = sorted(a.headers["x-tiergate-pool"] for a in answers)
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert pools == ["cpu", "cpu", "gpu"]
+
+
+async def test_a_pool_without_a_queue_refuses_at_once():
+    gate = PoolGate("cpu", capacity=1, queue_bound=0)
+    far = time.monotonic() + 5
+    await gate.acquire("standard", 1, True, far)
+    with pytest.raises(GatewayError) as shed:
+        await gate.acquire("standard", 1, True, far)
+    with pytest.raises(GatewayError) as refused:
+        await gate.acquire("premium", 2, False, far)
+    assert (shed.value.status, refused.value.status) == (429, 503)
+
+
+async def test_a_pool_in_both_pools_and_spillover_is_called_once():
+    calls, release = [], asyncio.Event()
+
+    async def handler(request):
+        calls.append(request.url.host)
+        if request.url.host == "gpu.pool":
+            await release.wait()
+            return by_pool(request)
+        return httpx.Response(503, json={"message": "queue full"})
+
+    pools = {"gpu": {"url": "http://gpu.pool:8080", "max_concurrency": 1}, "cpu": {"url": "http://cpu.pool:8090"}}
+    tiers = {"premium": {"pools": ["gpu", "cpu"], "spillover": ["cpu"]}, "standard": {"pools": ["cpu"]}, "batch": {"pools": ["cpu"]}}
+    async with gateway(handler, coalesce=False, pools=pools, tiers=tiers) as client:
+        send = lambda: client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+        holder = asyncio.create_task(send())  # takes gpu's only slot
+        await asyncio.sleep(0.05)
+        calls.clear()
+        answer = await send()  # spills to cpu, which is busy: no second call to cpu
+        release.set()
+        await holder
+    assert answer.status_code == 503 and calls == ["cpu.pool"]
+
+
+@pytest.mark.parametrize("min_timeout_s, batch_status", [(None, 200), (0.01, 503)])
+async def test_a_tight_deadline_opens_no_breaker_on_a_healthy_pool(min_timeout_s, batch_status):
+    async def slow(request):
+        await asyncio.sleep(0.1)
+        return by_pool(request)
+
+    cpu = {"url": "http://cpu.pool:8090", "breaker_failures": 2}
+    if min_timeout_s is not None:
+        cpu["breaker_min_timeout_s"] = min_timeout_s
+    pools = {"gpu": {"url": "http://gpu.pool:8080"}, "cpu": cpu}
+    tiers = {"premium": {"pools": ["gpu"]}, "standard": {"pools": ["cpu"], "deadline_ms": 50}, "batch": {"pools": ["cpu"]}}
+    async with gateway(slow, coalesce=False, pools=pools, tiers=tiers) as client:
+        standard = [await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "standard"}) for _ in range(2)]
+        batch = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "batch"})
+    assert [a.status_code for a in standard] == [504, 504]
+    # By default a 50 ms budget is too short to blame the pool; counted, it opens the breaker for all.
+    assert batch.status_code == batch_status
+
+
+async def test_keys_from_an_env_var_must_name_configured_tiers(monkeypatch):
+    monkeypatch.setenv("TIERGATE_KEYS", f'[{{name: old, sha256: "{digest("k")}", tiers: [gold], default_tier: gold}}]')
+    with pytest.raises(ValueError, match=r"API key 'old' names unknown tiers \['gold'\]"):
+        gateway(by_pool, auth={"keys_env": "TIERGATE_KEYS"})
+
+
+def uploading(body: bytes, pause_s: float, started: asyncio.Event | None = None):
+    """An ASGI request whose body's second half arrives `pause_s` after its first."""
+    chunks = [(body[:10], True), (body[10:], False)]
+
+    async def receive():
+        chunk, more = chunks.pop(0)
+        if more and started is not None:
+            started.set()
+        if not more:
+            await asyncio.sleep(pause_s)
+        return {"type": "http.request", "body": chunk, "more_body": more}
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/predictions/resnet18", "query_string": b"",
+        "headers": [(b"content-type", b"image/jpeg"), (b"x-sla-tier", b"premium")],
+    }
+    return Request(scope, receive)
+
+
+async def test_the_deadline_runs_from_arrival_upload_included():
+    timeouts = []
+
+    def handler(request):
+        timeouts.append(request.extensions["timeout"]["read"])
+        return by_pool(request)
+
+    front = HttpFront(parse_config(config_data()), HandlerTransport(handler))
+    response = await front.handle(uploading(jpeg(), 0.3))
+    assert response.status_code == 200
+    assert timeouts[0] <= 1.71  # premium's 2000 ms, less the 0.3 s upload
+
+
+class ClosingTransport(HandlerTransport):
+    """Like aiohttp's: after aclose, a send fails as a gateway bug would."""
+
+    closed = False
+
+    async def send(self, pool, request):
+        if self.closed:
+            raise RuntimeError("Session is closed")
+        return await super().send(pool, request)
+
+    async def aclose(self):
+        self.closed = True
+
+
+async def test_a_reload_waits_for_a_request_still_uploading():
+    old = HttpFront(parse_config(config_data()), ClosingTransport(by_pool))
+    uploading_started = asyncio.Event()
+    request = asyncio.create_task(old.handle(uploading(jpeg(), 0.2, uploading_started)))
+    await uploading_started.wait()
+    drained = asyncio.create_task(old.pipeline.close_when_idle())  # what a reload does to the old front
+    await asyncio.sleep(0.05)
+    assert not drained.done()
+    assert (await request).status_code == 200
+    await asyncio.wait_for(drained, 1)
+    assert old.pipeline.pools.transport.closed
