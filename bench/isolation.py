@@ -2,25 +2,25 @@
 
 Premium p99 alone vs premium p99 while `batch` is offered at 3× the CPU pool's
 measured capacity (open loop: arrivals don't wait for answers), the premium error
-count, and the p99 time to a 429; two stacks, one run. Premium and a batch probe (whose 429s
+count, and the p99 time to a 429; three stacks, one run. Premium and a batch probe (whose 429s
 are timed) are sent by blocking clients in processes of their own, so their times carry none
 of the flood generator's event-loop lag.
 
-First the premium pool is a stand-in for one on another machine, as it is in production (a
-GPU node): it answers after a fixed wait, computing nothing on these cores. That isolates what
-the issue asks about: does the gateway keep premium healthy while it sheds a flood?
+Pools are placed three ways. First both are stand-ins for pools on other machines, as in
+production (a GPU node, CPU nodes): each reads the image and answers after a fixed wait,
+computing nothing on these cores, so what is measured is the gateway (with HAProxy, Ray and
+the clients) isolating premium from a flood it sheds. Then only the premium pool is a
+stand-in, the flooded CPU pool real and on these cores.
 
-Then the "GPU" pool is the real one, a CPU process on the same two cores as the CPU pool, so a
-CPU pool busy at capacity slows premium whatever the gateway does. A third figure separates the
-two: premium p99 while the CPU pool is kept at capacity *directly* (no gateway), the
-hardware's share; flood ÷ that is what the gateway's admission adds. For each premium
-phase the gateway's own histograms split the mean latency into the pool call and the rest
-of the gateway's pipeline (admission, queueing, routing), read from /metrics around it.
-
-The phases are then measured again with the premium pool given a core of its own (CPU 1)
-and everything else on CPU 0, the CPU pool at nice 19 there: as near as two cores come to
-the pools on their own machines (as on Kubernetes), while the gateway, HAProxy, Ray and the
-load generator still share a core with the flooded pool.
+Last the "GPU" pool is the real one too, a CPU process on the same two cores as the CPU pool,
+so a CPU pool busy at capacity slows premium whatever the gateway does. A third figure
+separates the two: premium p99 while the CPU pool is kept at capacity *directly* (no
+gateway), the hardware's share; flood ÷ that is what the gateway's admission adds. For each
+premium phase the gateway's own histograms split the mean latency into the pool call and the
+rest of the gateway's pipeline (admission, queueing, routing), read from /metrics around it.
+Those phases are then measured again with the premium pool given a core of its own (CPU 1)
+and everything else on CPU 0, the CPU pool at nice 19 there, while the gateway, HAProxy, Ray
+and the load generator still share a core with the flooded pool.
     unshare --net -- sh -c 'ip link set lo up && .venv/bin/python -m bench.isolation'
 """
 
@@ -278,8 +278,10 @@ async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], se
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--stand-in-ms", type=float, default=35.0,
+    parser.add_argument("--premium-ms", type=float, default=35.0,
                         help="the stand-in premium pool's answer time (the local one's mean call here: 31-36 ms)")
+    parser.add_argument("--cpu-ms", type=float, default=25.0,
+                        help="the stand-in CPU pool's (2 calls at a time: about the local one's 85 rps)")
     args = parser.parse_args()
     config = base_config(coalesce=False)
     config["pools"]["cpu"].update(max_concurrency=2, max_queue=4)
@@ -294,24 +296,33 @@ def main() -> int:
     prober = ProcessPoolExecutor(2, mp_context=spawn)
     list(prober.map(time.sleep, [0.5, 0.5]))
 
-    def urls(stack: dict) -> tuple[dict, str, str]:
-        cpu = next(pool for pool in stack["pools"] if pool["name"] == "cpu")
-        return stack, stack["gateway_url"] + "/predictions/resnet18", cpu["inference_url"] + "/predictions/resnet18"
+    def run(placement: str, pools: dict, stand_ins: dict[str, float], pin: bool = False) -> None:
+        """Measure with the named pools replaced by stand-ins answering after the given seconds."""
+        servers = []
+        for port, (name, wait_s) in enumerate(stand_ins.items(), start=8070):
+            servers.append(spawn.Process(target=stand_in_pool, args=(port, wait_s), daemon=True))
+            servers[-1].start()
+            pools = {**pools, name: {**pools[name], "url": f"http://127.0.0.1:{port}"}}
+            pools[name].pop("local", None)
+            pools[name].pop("metrics_url", None)
+        with running_stack({**config, "pools": pools}) as stack:
+            where = stack, stack["gateway_url"] + "/predictions/resnet18", pools["cpu"]["url"] + "/predictions/resnet18"
+            print(f"\n== {placement}")
+            asyncio.run(measure(*where, bodies, args.seconds, prober))
+            if pin:
+                give_premium_pool_a_core(stack)  # pins this process too: last
+                print("\n== premium pool alone on CPU 1; the rest on CPU 0, the CPU pool at nice 19 there")
+                asyncio.run(measure(*where, bodies[::-1], args.seconds, prober))
+        for server in servers:
+            server.terminate()
 
+    premium_s, cpu_s = args.premium_ms / 1000, args.cpu_ms / 1000
     with prober:
-        stand_in = spawn.Process(target=stand_in_pool, args=(8070, args.stand_in_ms / 1000), daemon=True)
-        stand_in.start()
-        remote = {**config, "pools": {**config["pools"], "gpu": {"url": "http://127.0.0.1:8070", "max_concurrency": 8}}}
-        with running_stack(remote) as stack:
-            print(f"== premium pool on another machine: a stand-in answering after {args.stand_in_ms:.0f} ms")
-            asyncio.run(measure(*urls(stack), bodies, args.seconds, prober))
-        stand_in.terminate()
-        with running_stack(config) as stack:
-            print("\n== pools share the cores with each other")
-            asyncio.run(measure(*urls(stack), bodies[::-1], args.seconds, prober))
-            give_premium_pool_a_core(stack)  # pins this process too: last
-            print("\n== premium pool alone on CPU 1; the rest on CPU 0, the CPU pool at nice 19 there")
-            asyncio.run(measure(*urls(stack), bodies, args.seconds, prober))
+        run(f"both pools on other machines: stand-ins answering after {args.premium_ms:.0f} ms (premium) "
+            f"and {args.cpu_ms:.0f} ms (CPU pool)", config["pools"], {"gpu": premium_s, "cpu": cpu_s})
+        run(f"premium pool on another machine: a stand-in answering after {args.premium_ms:.0f} ms",
+            config["pools"], {"gpu": premium_s})
+        run("pools share the cores with each other", config["pools"], {}, pin=True)
     return 0
 
 
