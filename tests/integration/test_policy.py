@@ -83,7 +83,8 @@ def test_batch_flood_is_shed_while_premium_keeps_zero_errors(stack, policy):
     assert premium.outcomes and premium.statuses() == {200: len(premium.outcomes)}
     assert batch.statuses().get(429, 0) > 0, batch.statuses()
     assert set(batch.statuses()) <= {200, 429}
-    assert set(standard.statuses()) <= {200, 429} and standard.statuses().get(200, 0) > 0
+    # standard outranks every batch waiter on the CPU pool: never refused to make room for batch.
+    assert standard.outcomes and standard.statuses() == {200: len(standard.outcomes)}
     # A refusal is immediate, not a wait for the 30 s batch deadline.
     assert max(o.seconds for o in batch.outcomes if o.status == 429) < 2.0
 
