@@ -58,7 +58,7 @@ class PoolConfig(_Strict):
     )
     max_queue: int = Field(default=32, ge=0, description="calls waiting for a slot, per replica")
     reserve: int = Field(
-        default=0, ge=0, description="slots spillover traffic may not take (kept for the pool's own tiers)"
+        default=0, ge=0, description="slots spillover traffic may not take (kept for the pool's own tiers); divided among replicas like max_concurrency"
     )
     connect_timeout_s: float = Field(default=1.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open the breaker")
@@ -90,7 +90,7 @@ class TierConfig(_Strict):
     )
     spillover: list[str] = Field(
         default_factory=list,
-        description="pools used when every pool in `pools` is saturated, within their headroom beyond `reserve`",
+        description="pools that take a call instead of queueing it when the pool it was headed for is full, within their headroom beyond `reserve`",
     )
     priority: int = Field(default=0, description="higher is served first under overload")
     deadline_ms: int = Field(default=10_000, ge=1, le=600_000)

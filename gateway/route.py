@@ -59,6 +59,9 @@ class Router:
             name: PoolGate(name, math.ceil(pool.max_concurrency / replicas), pool.max_queue)
             for name, pool in config.pools.items()
         }
+        # divided like the slots it is kept from: the whole reserve on each replica's share of
+        # the slots would leave no headroom to spill into
+        self.reserves = {name: math.ceil(pool.reserve / replicas) for name, pool in config.pools.items()}
         self.breakers = {
             name: Breaker(pool.breaker_failures, pool.breaker_open_s, pool.breaker_error_rate, pool.breaker_window)
             for name, pool in config.pools.items()
@@ -96,7 +99,7 @@ class Router:
             return pool
         for other in spillover:
             if other != pool and self.breakers[other].state is State.CLOSED and self.gates[other].try_acquire(
-                reserve=self.config.pools[other].reserve
+                reserve=self.reserves[other]
             ):
                 metrics.SPILLOVERS.labels(call.tier, pool, other).inc()
                 return other

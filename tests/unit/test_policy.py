@@ -351,3 +351,25 @@ async def test_a_reload_waits_for_a_request_still_uploading():
     assert (await request).status_code == 200
     await asyncio.wait_for(drained, 1)
     assert old.pipeline.pools.transport.closed
+
+
+async def test_the_reserve_is_divided_among_replicas_like_the_slots():
+    # gpu: 4 slots, 2 reserved; over 2 replicas each holds 2 slots and keeps 1 back, so one
+    # standard call may still spill there (the whole reserve per replica would leave none).
+    release = asyncio.Event()
+
+    async def handler(request):
+        await release.wait()
+        return by_pool(request)
+
+    pools = {
+        "gpu": {"url": "http://gpu.pool:8080", "max_concurrency": 4, "reserve": 2},
+        "cpu": {"url": "http://cpu.pool:8090", "max_concurrency": 2, "max_queue": 4},
+    }
+    async with gateway(handler, coalesce=False, replicas=2, pools=pools, tiers=FAILOVER["tiers"]) as client:
+        send = lambda: client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "standard"})
+        tasks = [asyncio.create_task(send()) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        release.set()
+        answers = await asyncio.gather(*tasks)
+    assert sorted(a.headers["x-tiergate-pool"] for a in answers) == ["cpu", "cpu", "gpu"]
