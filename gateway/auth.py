@@ -37,8 +37,9 @@ class KeyBook:
     """Looks up callers by the digest of their bearer key."""
 
     def __init__(self, auth: AuthConfig, tiers: Collection[str]) -> None:
-        """Raises ValueError for a key (from a file or env var: the config checked its own) that
-        names a tier `tiers` lacks, so a reload that drops a tier some key still uses fails."""
+        """Raises ValueError for a key naming a tier `tiers` lacks: keys from a file or env var are
+        first seen here, so a reload that drops a tier some key still uses fails instead of the
+        key's requests."""
         keys = list(auth.keys)
         if auth.keys_file is not None:
             keys += _keys_from_yaml(auth.keys_file.read_text(), str(auth.keys_file))
