@@ -59,18 +59,16 @@ async def post(client, url, body, tier) -> int:
 
 
 async def closed(client, url, bodies, tier, seconds, clients=1):
-    """Back-to-back requests from `clients` callers; returns (latencies, statuses)."""
-    latencies, statuses, stop_at = [], [], time.perf_counter() + seconds
+    """Back-to-back requests from `clients` callers, to load a pool; returns their statuses."""
+    statuses, stop_at = [], time.perf_counter() + seconds
     feed = itertools.cycle(bodies)  # a fast pool may need more bodies than the slice holds
 
     async def caller():
         while time.perf_counter() < stop_at:
-            started = time.perf_counter()
             statuses.append(await post(client, url, next(feed), tier))
-            latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(caller() for _ in range(clients)))
-    return latencies, statuses
+    return statuses
 
 
 async def open_loop(client, url, bodies, tier, rate, seconds):
@@ -116,13 +114,14 @@ def probe(url: str, bodies: list[bytes], tier: str, pause: float, seconds: float
             outcomes.append((response.status, time.perf_counter() - started))
         except (OSError, http.client.HTTPException):
             outcomes.append((0, time.perf_counter() - started))
-            connection = connection.close()
+            connection.close()
+            connection = None  # reconnect
         time.sleep(pause)
     return outcomes
 
 
 def stand_in_pool(port: int, wait_s: float) -> None:
-    """A premium pool on another machine, as these two cores see it: it reads the image and answers
+    """A pool on another machine, as these two cores see it: it reads the image and answers
     `wait_s` later, computing nothing here. Runs until terminated."""
     from aiohttp import web
 
@@ -224,7 +223,7 @@ async def measure(status: dict, url: str, pool_url: str, bodies: list[bytes], se
     # counted as gateway latency.
     connector = aiohttp.TCPConnector(limit=512)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
-        _, capacity_status = await closed(client, url, bodies[:2000], "batch", seconds, clients=4)
+        capacity_status = await closed(client, url, bodies[:2000], "batch", seconds, clients=4)
         capacity = capacity_status.count(200) / seconds
         print(f"CPU pool capacity through the gateway (batch, c=4): {capacity:.1f} rps")
         split = PremiumSplit(gateway_url)
