@@ -135,7 +135,11 @@ def test_rendered_serve_config_deploys_through_the_dashboard_api(built, ray_clus
         assert config["user_config"] == app["deployments"][0]["user_config"]
         assert deployment["replicas"] and deployment["replicas"][0]["state"] == "RUNNING"
 
-        health = client.get(f"http://127.0.0.1:{serve_port}/healthz")
+        # RUNNING is the controller's view; each proxy learns the new route a moment later
+        # (a long poll), and answers 404 until then, as KubeRay's own health probe would see.
+        healthz = f"http://127.0.0.1:{serve_port}/healthz"
+        _wait(lambda: client.get(healthz).status_code != 404, 60, ray_cluster["logs"])
+        health = client.get(healthz)
         assert health.status_code == 200, health.text
         # The containers' environment names the gateway's ingress callback: a header Ray Serve
         # itself would choke on (a non-UTF-8 request id: a bare 500) never reaches it.
