@@ -20,6 +20,7 @@ from .config import GatewayConfig, parse_config
 from .errors import GatewayError
 from .http import HttpFront, error_response
 from .pool_client import AiohttpTransport
+from .shares import ReplicaShares
 
 
 @serve.deployment(
@@ -36,11 +37,14 @@ class Gateway:
         self._coalescer = coalescer
         self._front: HttpFront | None = None
         self._draining: set[asyncio.Task] = set()
+        self._shares = ReplicaShares()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse_config(user_config, "user_config")
         remote = RemoteCoalescer(config, self._coalescer) if self._coalescer is not None else None
         previous, self._front = self._front, HttpFront(config, AiohttpTransport(config.pools), remote)
+        if remote is None:  # this replica routes (otherwise the coalescer replicas do)
+            self._shares.route_with(self._front.pipeline.router)
         if previous is not None:
             # Calls already admitted finish on the old pipeline; new ones use the new one.
             self._draining.add(asyncio.create_task(previous.pipeline.close_when_idle()))

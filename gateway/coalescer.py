@@ -26,6 +26,7 @@ from .errors import GatewayError
 from .pipeline import Pipeline
 from .pool_client import AiohttpTransport
 from .route import Reply
+from .shares import ReplicaShares
 
 # Monotonic clocks differ between nodes: a call crosses the hop with its time left and the
 # (NTP-synced) wall-clock time it was sent. The gateway replica waits a little longer than
@@ -47,10 +48,12 @@ class Coalescer:
     def __init__(self) -> None:
         self._pipeline: Pipeline | None = None
         self._draining: set[asyncio.Task] = set()  # referenced, or a task may be collected mid-drain
+        self._shares = ReplicaShares()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse_config(user_config, "user_config")
         previous, self._pipeline = self._pipeline, Pipeline(config, AiohttpTransport(config.pools))
+        self._shares.route_with(self._pipeline.router)
         if previous is not None:
             self._draining.add(asyncio.create_task(previous.close_when_idle()))
             self._draining = {task for task in self._draining if not task.done()}

@@ -918,8 +918,11 @@ class _Cluster:
             "reqps",
         )
         panel(
-            "Pool load: calls in flight from the gateway",
-            [(f"sum by (pool) (tiergate_pool_inflight{{{ns}}})", "{{pool}}")],
+            "Pool load: calls in flight from the gateway, and the slots it may fill",
+            [
+                (f"sum by (pool) (tiergate_pool_inflight{{{ns}}})", "{{pool}} in flight"),
+                (f"sum by (pool) (tiergate_pool_slots{{{ns}}})", "{{pool}} slots"),
+            ],
             "short",
         )
         panel(

@@ -1,6 +1,7 @@
 """Per-pool concurrency limits with a bounded, priority-ordered wait queue.
 
-A pool has `capacity` calls in flight from this replica at most; further calls wait
+A pool has `capacity` calls in flight from this replica at most (its share of the pool's
+limit, which `resize` changes when the replicas are re-counted); further calls wait
 in a queue of at most `queue_bound`, highest priority first. When the queue is full,
 a higher-priority arrival evicts the lowest-priority waiter (which is shed at once
 with 429, not left to time out); an arrival that outranks nobody is refused at once.
@@ -92,8 +93,17 @@ class PoolGate:
                 self._queue.remove(waiter)
             raise
 
+    def resize(self, capacity: int) -> None:
+        """A new share of the pool's slots (the routing replicas were re-counted). Calls over a
+        smaller share finish; no new one starts until the pool is back within it."""
+        self.capacity = capacity
+        self._grant()
+
     def release(self) -> None:
         self.inflight -= 1
+        self._grant()
+
+    def _grant(self) -> None:
         while self._queue and self.inflight < self.capacity:
             waiter = self._queue.pop(0)
             if waiter.future.done():

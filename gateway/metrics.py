@@ -44,6 +44,12 @@ POOL_INFLIGHT = Gauge(
     ["pool"],
     multiprocess_mode="livesum",
 )
+POOL_SLOTS = Gauge(
+    "tiergate_pool_slots",
+    "Calls the gateway may have in flight to each pool: the routing replicas' shares of max_concurrency",
+    ["pool"],
+    multiprocess_mode="livesum",
+)
 POOL_QUEUED = Gauge(
     "tiergate_pool_queued",
     "Calls waiting in the gateway for a slot on each pool",

@@ -55,17 +55,23 @@ class Router:
     def __init__(self, config: GatewayConfig, replicas: int) -> None:
         """`replicas`: how many processes route to the pools, each holding its share of the limits."""
         self.config = config
-        self.gates = {
-            name: PoolGate(name, math.ceil(pool.max_concurrency / replicas), pool.max_queue)
-            for name, pool in config.pools.items()
-        }
-        # divided like the slots it is kept from: the whole reserve on each replica's share of
-        # the slots would leave no headroom to spill into
-        self.reserves = {name: math.ceil(pool.reserve / replicas) for name, pool in config.pools.items()}
+        self.gates = {name: PoolGate(name, 0, pool.max_queue) for name, pool in config.pools.items()}
+        self.reserves: dict[str, int] = {}
+        self.divide(replicas)
         self.breakers = {
             name: Breaker(pool.breaker_failures, pool.breaker_open_s, pool.breaker_error_rate, pool.breaker_window)
             for name, pool in config.pools.items()
         }
+
+    def divide(self, replicas: int) -> None:
+        """Hold this process's share of each pool's limits when `replicas` processes route to the
+        pools. Rounded up, so every replica can call every pool (the pools may see up to
+        `replicas - 1` calls more than `max_concurrency`)."""
+        for name, pool in self.config.pools.items():
+            self.gates[name].resize(math.ceil(pool.max_concurrency / replicas))
+            # divided like the slots it is kept from: the whole reserve on each replica's share
+            # of the slots would leave no headroom to spill into
+            self.reserves[name] = math.ceil(pool.reserve / replicas)
 
     async def dispatch(self, call: Call, send: Send) -> Reply:
         tier = self.config.tiers[call.tier]

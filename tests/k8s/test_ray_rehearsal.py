@@ -3,12 +3,15 @@ rendered serveConfigV2 deployed through the dashboard's REST API, the way KubeRa
 
 Ray binds every address the machine has, so this runs only inside a private network
 namespace (`make test` provides one); elsewhere it skips. Light on purpose: one worker with
-one CPU, and the pools are not started (the gateway only needs to come up and answer).
+two CPUs (room for two gateway replicas), and the pools are not started (the gateway only
+needs to come up and answer).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -63,7 +66,11 @@ def ray_cluster(built, tmp_path_factory):
     temp_dir = Path(f"/tmp/tg-ray-{secrets.token_hex(3)}")
     logs = tmp_path_factory.mktemp("ray-logs")
     token = secrets.token_hex(32)
-    env = {**os.environ, **container_environment(built), "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    metrics_dir = tmp_path_factory.mktemp("prometheus-multiproc")  # the worker pod's shared volume
+    env = {
+        **os.environ, **container_environment(built), "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
     gcs_port, dashboard_port = _free_port(), _free_port()
     head = _start(
         ["--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}", "--num-cpus=0",
@@ -76,7 +83,7 @@ def ray_cluster(built, tmp_path_factory):
         dashboard = f"http://127.0.0.1:{dashboard_port}"
         _wait(lambda: httpx.get(f"{dashboard}/api/gcs_healthz", timeout=2).status_code == 200, 120, logs)
         processes.append(_start(
-            [f"--address=127.0.0.1:{gcs_port}", "--node-ip-address=127.0.0.1", "--num-cpus=1"],
+            [f"--address=127.0.0.1:{gcs_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"],
             env, logs / "worker.log",
         ))
         yield {"dashboard": dashboard, "token": token, "logs": logs}
@@ -100,48 +107,79 @@ def _wait(ready, timeout_s: float, logs: Path) -> None:
     raise AssertionError(f"not ready after {timeout_s}s\n{tails}")
 
 
-def test_rendered_serve_config_deploys_through_the_dashboard_api(built, ray_cluster, tmp_path):
+def _serve_config(built, tmp_path: Path) -> tuple[dict, int]:
+    """The rendered serveConfigV2 with local stand-ins for what the pod provides: the pool
+    token file and a free HTTP port."""
     serve_config = yaml.safe_load(one(built["cpu-only"], "RayService")["spec"]["serveConfigV2"])
-    # Local stand-ins for what the pod provides: the pool token file and a free HTTP port.
     token_file = tmp_path / "pool-token"
     token_file.write_text("local-rehearsal-token\n")
     serve_port = _free_port()
     serve_config["http_options"].update(host="127.0.0.1", port=serve_port)
-    app = serve_config["applications"][0]
-    user_config = app["deployments"][0]["user_config"]  # the only place the config travels
+    user_config = serve_config["applications"][0]["deployments"][0]["user_config"]  # the only place the config travels
     for pool in user_config["pools"].values():
         pool["auth_token_file"] = str(token_file)
     parse_config(user_config)
+    return serve_config, serve_port
 
-    dashboard, token = ray_cluster["dashboard"], ray_cluster["token"]
-    url = f"{dashboard}/api/serve/applications/"
+
+def _deploy(client: httpx.Client, ray_cluster, serve_config: dict, serve_port: int) -> dict:
+    """PUT the Serve config as KubeRay does; once the gateway answers, return its deployment."""
+    url = f"{ray_cluster['dashboard']}/api/serve/applications/"
+    assert client.put(url, json=serve_config).status_code == 401, "the dashboard must refuse a call without the token"
+    authorized = {"Authorization": f"Bearer {ray_cluster['token']}"}
+    response = client.put(url, json=serve_config, headers=authorized)
+    assert response.status_code == 200, response.text
+
+    def running() -> bool:
+        status = client.get(url, headers=authorized).json()
+        application = status.get("applications", {}).get("tiergate")
+        if application and application["status"] in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise AssertionError(application)
+        return bool(application) and application["status"] == "RUNNING"
+
+    _wait(running, 240, ray_cluster["logs"])
+    # RUNNING is the controller's view; each proxy learns the new route a moment later
+    # (a long poll), and answers 404 until then, as KubeRay's own health probe would see.
+    healthz = f"http://127.0.0.1:{serve_port}/healthz"
+    _wait(lambda: client.get(healthz).status_code != 404, 60, ray_cluster["logs"])
+    return client.get(url, headers=authorized).json()["applications"]["tiergate"]["deployments"]["tiergate"]
+
+
+def test_rendered_serve_config_deploys_through_the_dashboard_api(built, ray_cluster, tmp_path):
+    serve_config, serve_port = _serve_config(built, tmp_path)
+    rendered = serve_config["applications"][0]["deployments"][0]
     with httpx.Client(trust_env=False, timeout=30) as client:
-        assert client.put(url, json=serve_config).status_code == 401, "the dashboard must refuse a call without the token"
-        authorized = {"Authorization": f"Bearer {token}"}
-        response = client.put(url, json=serve_config, headers=authorized)
-        assert response.status_code == 200, response.text
-
-        def running() -> bool:
-            status = client.get(url, headers=authorized).json()
-            application = status.get("applications", {}).get("tiergate")
-            if application and application["status"] in ("DEPLOY_FAILED", "UNHEALTHY"):
-                raise AssertionError(application)
-            return bool(application) and application["status"] == "RUNNING"
-
-        _wait(running, 240, ray_cluster["logs"])
-        deployment = client.get(url, headers=authorized).json()["applications"]["tiergate"]["deployments"]["tiergate"]
+        deployment = _deploy(client, ray_cluster, serve_config, serve_port)
         config = deployment["deployment_config"]
-        assert config["autoscaling_config"]["min_replicas"] == app["deployments"][0]["autoscaling_config"]["min_replicas"]
-        assert config["user_config"] == app["deployments"][0]["user_config"]
+        assert config["autoscaling_config"]["min_replicas"] == rendered["autoscaling_config"]["min_replicas"]
+        assert config["user_config"] == rendered["user_config"]
         assert deployment["replicas"] and deployment["replicas"][0]["state"] == "RUNNING"
 
-        # RUNNING is the controller's view; each proxy learns the new route a moment later
-        # (a long poll), and answers 404 until then, as KubeRay's own health probe would see.
-        healthz = f"http://127.0.0.1:{serve_port}/healthz"
-        _wait(lambda: client.get(healthz).status_code != 404, 60, ray_cluster["logs"])
-        health = client.get(healthz)
+        health = client.get(f"http://127.0.0.1:{serve_port}/healthz")
         assert health.status_code == 200, health.text
         # The containers' environment names the gateway's ingress callback: a header Ray Serve
         # itself would choke on (a non-UTF-8 request id: a bare 500) never reaches it.
         odd = client.get(f"http://127.0.0.1:{serve_port}/healthz", headers=[(b"x-request-id", b"caf\xe9")])
         assert odd.status_code == 200 and odd.headers.get("x-request-id") != "caf\xe9", odd.text
+
+
+def test_scaled_out_replicas_share_each_pools_limit(built, ray_cluster, tmp_path):
+    """Serve's autoscaler runs more replicas than the config's `replicas`: together they hold
+    each pool's max_concurrency (rounded up per replica), not that many each."""
+    serve_config, serve_port = _serve_config(built, tmp_path)
+    rendered = serve_config["applications"][0]["deployments"][0]
+    assert rendered["user_config"]["replicas"] == 1
+    rendered["autoscaling_config"].update(min_replicas=2, initial_replicas=2)  # as if scaled out
+    limits = {name: pool["max_concurrency"] for name, pool in rendered["user_config"]["pools"].items()}
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        deployment = _deploy(client, ray_cluster, serve_config, serve_port)
+        assert [replica["state"] for replica in deployment["replicas"]] == ["RUNNING", "RUNNING"]
+
+        def slots() -> dict[str, float]:
+            text = client.get(f"http://127.0.0.1:{serve_port}/metrics").text
+            found = re.findall(r'^tiergate_pool_slots\{pool="([^"]+)"\} (\S+)$', text, re.MULTILINE)
+            return {pool: float(value) for pool, value in found}
+
+        # Both replicas' shares, summed across the pod's replicas (PROMETHEUS_MULTIPROC_DIR).
+        shared = {name: 2 * math.ceil(limit / 2) for name, limit in limits.items()}
+        _wait(lambda: slots() == shared, 60, ray_cluster["logs"])
