@@ -6,7 +6,7 @@ import types
 import pytest
 from ray import serve
 
-from gateway import metrics, shares
+from gateway import metrics
 from gateway.config import parse_config
 from gateway.limits import PoolGate
 from gateway.route import Router
@@ -113,4 +113,3 @@ def test_serve_replicas_counts_those_serving_or_about_to(monkeypatch, states, ex
     monkeypatch.setattr(serve, "get_replica_context", lambda: context)
     monkeypatch.setattr(serve, "status", lambda: status)
     assert serve_replicas() == expected
-    assert shares.POLL_S <= 30  # within Serve's upscale delay
