@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -49,6 +49,9 @@ class PoolConfig(_Strict):
     """A TorchServe pool the gateway sends inference to."""
 
     url: str = Field(description="inference API base URL, e.g. http://127.0.0.1:8080")
+    models: list[str] | None = Field(
+        default=None, description="the models this pool serves (loads the MARs of); absent: every model"
+    )
     metrics_url: str | None = Field(default=None, description="TorchServe metrics endpoint")
     auth_token_file: Path | None = Field(
         default=None, description="file holding TorchServe's inference token (production)"
@@ -98,10 +101,14 @@ class TierConfig(_Strict):
 
 
 class ShadowCompare(_Strict):
-    """How a shadow's top-k answer is compared with the primary's."""
+    """How a shadow's answer is compared with the primary's; the model's profile uses the
+    settings that fit its answers (top-k for classifiers, atol/rtol/cosine for numbers)."""
 
     top_k: int = Field(default=5, ge=1, le=100)
     tolerance: float = Field(default=0.05, ge=0, le=1, description="max |Δprobability| counted as agreeing")
+    atol: float = Field(default=1e-3, ge=0, description="tensors and JSON numbers: absolute tolerance")
+    rtol: float = Field(default=1e-2, ge=0, description="tensors and JSON numbers: relative tolerance")
+    min_cosine: float = Field(default=0.99, ge=-1, le=1, description="tensors: cosine similarity counted as agreeing")
 
 
 class ShadowTest(_Strict):
@@ -131,8 +138,118 @@ class CacheConfig(_Strict):
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 
 
+DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+             "FP16", "FP32", "FP64", "BYTES")
+
+
+class TensorSpec(_Strict):
+    """One named tensor of a model's input or output, as the Open Inference Protocol declares it."""
+
+    name: str = Field(pattern=NAME.pattern)
+    datatype: Literal[DATATYPES]  # type: ignore[valid-type]
+    shape: list[int] = Field(
+        min_length=1, description="the first dimension is the batch (-1: any count); -1 elsewhere: any size"
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int]) -> list[int]:
+        if any(dim < -1 or dim == 0 for dim in shape):
+            raise ValueError(f"dimensions are positive or -1 (any), got {shape}")
+        return shape
+
+
+class _Model(_Strict):
+    """What every model shares, whatever its profile."""
+
+    max_body_bytes: int | None = Field(default=None, ge=1, description="this model's body limit (default: the gateway's)")
+    coalesce: bool = Field(default=True, description="identical concurrent requests share one pool call (with the gateway's `coalesce`)")
+    cache: CacheConfig | None = Field(default=None, description="a response cache for this model (off if absent)")
+    build: str | None = Field(
+        default=None, description="the recipe `tiergate build-models` makes this model's MARs with (model/recipes)"
+    )
+    mar: str | None = Field(
+        default=None,
+        description="a MAR every pool loads for this model, in artifacts_dir/model-store (e.g. one built elsewhere);"
+        " absent: the built <name>-<pool variant>.mar",
+    )
+
+    @field_validator("mar")
+    @classmethod
+    def _mar_file(cls, value: str | None) -> str | None:
+        if value is not None and (not value.endswith(".mar") or "/" in value or value.startswith(".")):
+            raise ValueError(f"mar is a file name in the model store ending in .mar, got {value!r}")
+        return value
+
+
+class ImageClassifierModel(_Model):
+    """JPEG/PNG in, top-5 classes out: tiergate's own handler (model/ builds it)."""
+
+    profile: Literal["image-classifier"]
+
+
+class TensorModel(_Model):
+    """Named tensors in and out, declared here; v2 tensors (JSON or binary), or the same JSON on
+    the TorchServe API."""
+
+    profile: Literal["tensor"]
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    max_batch: int = Field(default=64, ge=1, description="rows one request may carry")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> TensorModel:
+        for kind, specs in (("inputs", self.inputs), ("outputs", self.outputs)):
+            names = [spec.name for spec in specs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind} name a tensor twice: {names}")
+        return self
+
+
+class JsonModel(_Model):
+    """Any JSON document in (optionally checked against a JSON Schema), JSON out."""
+
+    profile: Literal["json"]
+    json_schema: dict[str, Any] | None = Field(default=None, description="a JSON Schema every request must satisfy")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.validators.validator_for(schema).check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
+        return schema
+
+
+class PassthroughModel(_Model):
+    """Opaque bytes for a MAR whose handler the gateway knows nothing about."""
+
+    profile: Literal["passthrough"]
+    content_types: list[str] = Field(
+        default_factory=lambda: ["application/octet-stream"], min_length=1,
+        description="the request content types forwarded (others get 415)",
+    )
+
+    @field_validator("content_types")
+    @classmethod
+    def _media_types(cls, types: list[str]) -> list[str]:
+        for media_type in types:
+            if not re.fullmatch(r"[a-z0-9.+-]+/[a-z0-9.+*-]+", media_type):
+                raise ValueError(f"content type {media_type!r} is not a lower-case media type like image/jpeg")
+        return types
+
+
+ModelConfig = Annotated[
+    Union[ImageClassifierModel, TensorModel, JsonModel, PassthroughModel], Field(discriminator="profile")
+]
+
+
 class ApiKey(_Strict):
-    """One caller: its key's SHA-256 (`tiergate hash-key`) and the tiers it may use."""
+    """One caller: its key's SHA-256 (`printf %s KEY | sha256sum`) and the tiers it may use."""
 
     name: str = Field(min_length=1, max_length=64)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -157,8 +274,8 @@ class GatewayConfig(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
     tier_header: str = "X-SLA-Tier"
     default_tier: str = "standard"
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
-    models: list[str] = Field(default_factory=lambda: ["resnet18"], min_length=1)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="default body limit of every model")
+    models: dict[str, ModelConfig] = Field(min_length=1, description="name → model, each with its profile")
     artifacts_dir: Path = Path("artifacts")
     replicas: int = Field(default=1, ge=1, le=64)
     ingress: Literal["haproxy", "proxy"] = Field(
@@ -178,7 +295,6 @@ class GatewayConfig(_Strict):
         " meet on one coalescer replica (chosen by consistent hashing of the request key), one handle hop more",
     )
     coalescer_replicas: int = Field(default=2, ge=1, le=64, description="coalescer replicas when scope is cluster")
-    cache: dict[str, CacheConfig] = Field(default_factory=dict, description="response cache per model")
     auth: AuthConfig = Field(default_factory=AuthConfig)
     shadows: list[ShadowTest] = Field(default_factory=list)
     shadow_log: Path = Field(default=Path(".tiergate/shadow.sqlite"), description="SQLite log: one compact row per compared sample, full top-k for disagreements")
@@ -186,15 +302,7 @@ class GatewayConfig(_Strict):
     pools: dict[str, PoolConfig] = Field(min_length=1)
     tiers: dict[str, TierConfig] = Field(min_length=1)
 
-    @field_validator("models")
-    @classmethod
-    def _model_names(cls, names: list[str]) -> list[str]:
-        for name in names:
-            if not NAME.match(name):
-                raise ValueError(f"model name {name!r} must match {NAME.pattern}")
-        return names
-
-    @field_validator("tiers", "pools")
+    @field_validator("tiers", "pools", "models")
     @classmethod
     def _keys_are_names(cls, entries: dict[str, Any]) -> dict[str, Any]:
         for key in entries:
@@ -224,6 +332,18 @@ class GatewayConfig(_Strict):
                     )
             if len(set(tier.pools)) != len(tier.pools):
                 raise ValueError(f"tier {tier_name!r} lists a pool twice: {tier.pools}")
+        for pool_name, pool in self.pools.items():
+            unknown = [model for model in pool.models or [] if model not in self.models]
+            if unknown:
+                raise ValueError(f"pool {pool_name!r} serves unknown models {unknown}, not among {sorted(self.models)}")
+        for model in self.models:
+            for tier_name, tier in self.tiers.items():
+                if not self.tier_pools(tier_name, model):
+                    serving = [name for name in self.pools if model in self.pool_models(name)]
+                    raise ValueError(
+                        f"model {model!r} has no pool in tier {tier_name!r}: the tier's pools {tier.pools} do not"
+                        f" serve it (pools serving it: {serving or 'none'}); add one to the tier or the model to a pool's `models`"
+                    )
         if self.coalesce_scope == "cluster" and not self.coalesce:
             raise ValueError("coalesce_scope: cluster needs coalesce: true")
         names = [shadow.name for shadow in self.shadows]
@@ -231,20 +351,32 @@ class GatewayConfig(_Strict):
             raise ValueError(f"shadow test names must be unique: {names}")
         for shadow in self.shadows:
             if shadow.model not in self.models:
-                raise ValueError(f"shadow {shadow.name!r} watches model {shadow.model!r}, not one of {self.models}")
+                raise ValueError(f"shadow {shadow.name!r} watches model {shadow.model!r}, not one of {sorted(self.models)}")
             if shadow.target_pool not in self.pools:
                 raise ValueError(f"shadow {shadow.name!r} targets pool {shadow.target_pool!r}, not one of {sorted(self.pools)}")
             unknown = set(shadow.tiers) - set(self.tiers)
             if unknown:
                 raise ValueError(f"shadow {shadow.name!r} samples unknown tiers {sorted(unknown)}")
-        for model in self.cache:
-            if model not in self.models:
-                raise ValueError(f"cache names model {model!r}, not one of {self.models}")
         for key in self.auth.keys:
             unknown = set(key.tiers) - set(self.tiers)
             if unknown:
                 raise ValueError(f"API key {key.name!r} names unknown tiers {sorted(unknown)}")
         return self
+
+    def pool_models(self, pool: str) -> list[str]:
+        """The models a pool serves, in config order."""
+        served = self.pools[pool].models
+        return list(self.models) if served is None else [model for model in self.models if model in served]
+
+    def tier_pools(self, tier: str, model: str) -> list[str]:
+        """The tier's pools in order, kept to those serving the model."""
+        return [pool for pool in self.tiers[tier].pools if model in self.pool_models(pool)]
+
+    def tier_spillover(self, tier: str, model: str) -> list[str]:
+        return [pool for pool in self.tiers[tier].spillover if model in self.pool_models(pool)]
+
+    def body_limit(self, model: str) -> int:
+        return self.models[model].max_body_bytes or self.max_body_bytes
 
 
 def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
