@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import access_log
-from .coalescer import Coalescer, RemoteCoalescer
+from .cluster_coalescer import Coalescer, RemoteCoalescer
 from .config import GatewayConfig, parse_config
 from .errors import GatewayError
-from .http import HttpFront, error_response
+from .http import HttpFront
 from .pool_client import AiohttpTransport
 from .shares import ReplicaShares
 
@@ -42,7 +42,9 @@ class Gateway:
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = parse_config(user_config, "user_config")
         remote = RemoteCoalescer(config, self._coalescer) if self._coalescer is not None else None
-        previous, self._front = self._front, HttpFront(config, AiohttpTransport(config.pools), remote)
+        previous, self._front = self._front, HttpFront(
+            config, AiohttpTransport(config.pools), remote, echo_request_id=False  # Serve's ingress adds it
+        )
         if remote is None:  # this replica routes (otherwise the coalescer replicas do)
             self._shares.route_with(self._front.pipeline.router)
         if previous is not None:
@@ -52,7 +54,7 @@ class Gateway:
 
     async def __call__(self, request: Request) -> Response:
         if self._front is None:
-            return error_response(GatewayError(503, "NotConfigured", "gateway has no config yet"), "-")
+            return Response(GatewayError(503, "NotConfigured", "gateway has no config yet").body(), 503, media_type="application/json")
         return await self._front.handle(request)
 
 

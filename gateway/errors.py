@@ -26,6 +26,7 @@ class GatewayError(Exception):
         self.message = message
         self.headers = headers or {}
         self.pool = pool  # the pool that caused it, when one did
+        self.recorded = False  # counted in tiergate_requests_total by the pipeline already
 
     def body(self) -> bytes:
         return orjson.dumps({"code": self.status, "type": self.code, "message": self.message})

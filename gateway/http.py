@@ -1,11 +1,15 @@
-"""The HTTP surface: TorchServe-compatible inference plus health, readiness and metrics.
+"""The HTTP surface: routing and error mapping for both APIs in one place.
 
-Kept free of Ray so that it can be served by any ASGI host; `gateway.app` wraps it in
-a Ray Serve deployment.
+The TorchServe-compatible inference API is rendered here; the Open Inference Protocol's
+paths are handed to `gateway.v2`. Fronts only parse, render and render errors: admission
+(gateway/admit.py), what a body means (the model's profile) and serving it (the pipeline)
+are the same for both. Kept free of Ray so any ASGI host can serve it; `gateway.app`
+wraps it in a Ray Serve deployment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -15,44 +19,68 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import access_log, admit, metrics, openapi
-from .auth import KeyBook, authorize
+from .admit import Admission
+from .auth import KeyBook
+from .call import Call
 from .config import GatewayConfig
 from .errors import GatewayError
 from .pipeline import Coalesce, Pipeline
 from .pool_client import Transport
 from .pool_metrics import pool_exposition
+from .responses import error_headers, served_headers
 from .v2 import OpenInferenceFront
 
 log = logging.getLogger("tiergate")
 
 PREDICT = re.compile(r"^/predictions/([^/]+)(?:/([^/]+))?/?$")
+# What the access log and tiergate_requests_total record for a client that went away before
+# its answer (NGINX's code): not a gateway failure, so SLOs on 5xx are not burned by it.
+CLIENT_CLOSED = 499
 
 
 class HttpFront:
-    def __init__(self, config: GatewayConfig, transport: Transport, remote: Coalesce | None = None) -> None:
-        self.keys = KeyBook(config.auth, config.tiers)
+    def __init__(
+        self, config: GatewayConfig, transport: Transport, remote: Coalesce | None = None, *, echo_request_id: bool = True
+    ) -> None:
+        """`echo_request_id`: add X-Request-ID to responses; off under Ray Serve, whose ingress
+        already adds it (the same id: Ray's ingress puts it on the request when a client sends none)."""
         self.pipeline = Pipeline(config, transport, remote)
-        self.v2 = OpenInferenceFront(self.pipeline, self.keys)
-        self.openapi = orjson.dumps(openapi.document(config, keys_required=self.keys.enabled))
+        self.admission = Admission(config, KeyBook(config.auth, config.tiers))
+        self.v2 = OpenInferenceFront(self.pipeline, self.admission)
+        self.openapi = orjson.dumps(openapi.document(config, self.pipeline.profiles, keys_required=self.admission.keys.enabled))
+        self._echo_request_id = echo_request_id
 
     async def handle(self, request: Request) -> Response:
         started, arrived = time.perf_counter(), time.monotonic()
         request_id = admit.request_id(request)
+        v2 = self.v2.owns(request.scope["path"])
         try:
             with self.pipeline.in_use():
-                response = await self._dispatch(request, request_id, arrived)
+                response = await self._dispatch(request, request_id, arrived, v2)
         except GatewayError as exc:
-            response = error_response(exc, request_id)
+            response = self._error(exc, v2)
+        except asyncio.CancelledError:  # the client went away: log it as such, then let it end
+            if self.pipeline.config.access_log:
+                access_log.record(request, Response(status_code=CLIENT_CLOSED), request_id, time.perf_counter() - started)
+            raise
         except Exception:  # a gateway bug: answer, log without the payload, keep serving
             log.exception("unhandled error for request %s", request_id)
-            response = error_response(GatewayError(500, "InternalError", "internal gateway error"), request_id)
+            response = self._error(GatewayError(500, "InternalError", "internal gateway error"), v2)
+        if self._echo_request_id:
+            response.headers["X-Request-ID"] = request_id
         if self.pipeline.config.access_log:
             access_log.record(request, response, request_id, time.perf_counter() - started)
         return response
 
-    async def _dispatch(self, request: Request, request_id: str, arrived: float) -> Response:
+    def _error(self, exc: GatewayError, v2: bool) -> Response:
+        if not exc.recorded:  # refused before the pipeline: admission, routing of paths
+            metrics.REFUSALS.labels(str(exc.status), exc.code).inc()
+        body = orjson.dumps({"error": exc.message}) if v2 else exc.body()
+        return Response(body, exc.status, headers=error_headers(exc), media_type="application/json")
+
+    async def _dispatch(self, request: Request, request_id: str, arrived: float, v2: bool) -> Response:
         path, method = request.scope["path"], request.method  # request.url would parse the whole URL
-        if path == "/v2" or path.startswith("/v2/"):  # Open Inference Protocol, with its own error shape
+        if v2:
             return await self.v2.handle(request, request_id, arrived)
         match = PREDICT.match(path)
         if match:
@@ -77,37 +105,26 @@ class HttpFront:
     async def _predict(
         self, request: Request, request_id: str, arrived: float, model: str, version: str | None
     ) -> Response:
-        config = self.pipeline.config
-        caller = self.keys.identify(request.headers.get("authorization"))
-        admit.check_model(config, model, version)
-        tier = admit.resolve_tier(config, request, caller.default_tier if caller else None)
-        authorize(caller, tier)
-        admit.check_content_type(request)
-        body = await admit.read_body(request, config.max_body_bytes)
-        admit.check_image(body)
-        call = admit.Call(
-            model=model,
-            version=version,
-            tier=tier,
-            body=body,
-            request_id=request_id,
-            deadline=arrived + config.tiers[tier].deadline_ms / 1000,  # the upload counts too
+        admitted = await self.admission.admit(
+            request, model, version, arrived, lambda req: self.pipeline.profiles[model].accept(admit.content_type(req))
         )
         try:
+            pool_body = self.pipeline.profiles[model].admit(admitted.body, admitted.content)
+            call = Call(model, version, admitted.tier, pool_body.body, request_id, admitted.deadline, pool_body.content_type)
             reply = await self.pipeline.infer(call)
         except GatewayError as exc:
-            exc.headers.setdefault("X-Tiergate-Tier", tier)
+            exc.headers.setdefault("X-Tiergate-Tier", admitted.tier)
             raise
         return Response(
-            reply.inference.body, 200, headers=reply.headers(tier, request_id), media_type=reply.inference.content_type
+            reply.inference.body, 200, headers=served_headers(reply, admitted.tier), media_type=reply.inference.content_type
         )
 
     async def _ready(self) -> Response:
-        problems = await self.pipeline.readiness()
-        failing = {pool: why for pool, why in problems.items() if why is not None}
+        pools, models = await self.pipeline.readiness()
+        failing = {pool: why for pool, why in pools.items() if why is not None}
         if failing:
-            return _json(503, {"status": "not ready", "pools": failing})
-        return _json(200, {"status": "ready", "pools": sorted(problems)})
+            return _json(503, {"status": "not ready", "pools": failing, "models": models})
+        return _json(200, {"status": "ready", "pools": sorted(pools), "models": models})
 
 
 def _allow(method: str, allowed: str) -> None:
@@ -117,10 +134,3 @@ def _allow(method: str, allowed: str) -> None:
 
 def _json(status: int, payload: dict) -> Response:
     return Response(orjson.dumps(payload), status, media_type="application/json")
-
-
-def error_response(exc: GatewayError, request_id: str) -> Response:
-    headers = {**exc.headers, "X-Request-ID": request_id}
-    if exc.pool:
-        headers["X-Tiergate-Pool"] = exc.pool
-    return Response(exc.body(), exc.status, headers=headers, media_type="application/json")

@@ -32,6 +32,11 @@ REQUESTS = Counter(
     "Inference requests answered, by tier, pool that served, model, status code and backend",
     ["tier", "pool", "model", "code", "backend"],
 )
+REFUSALS = Counter(
+    "tiergate_refusals",
+    "Requests refused before they reached the pipeline (auth, unknown model or path, bad input), by status and error type",
+    ["code", "type"],
+)
 LATENCY = Histogram(
     "tiergate_request_duration_seconds",
     "End-to-end time in the gateway, from admission to the last response byte handed back",

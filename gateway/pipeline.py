@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from typing import Awaitable, Callable
 
 from . import metrics
-from .admit import Call
+from .call import Call, Reply
 from .coalesce import ResponseCache, Singleflight, request_key
 from .config import GatewayConfig
 from .errors import GatewayError
 from .pool_client import PoolClient, Transport
-from .route import Reply, Router
+from .profiles import Profile, profile_for
+from .route import Router
 from .shadow import ShadowStage
 
 Coalesce = Callable[[Call], Awaitable[Reply]]
@@ -31,15 +32,17 @@ class Pipeline:
         """`remote`: where calls are coalesced and routed when that happens in another
         deployment (coalesce_scope: cluster); by default this pipeline does it itself."""
         self.config = config
+        self.profiles: dict[str, Profile] = {name: profile_for(model) for name, model in config.models.items()}
         self.pools = PoolClient(config.pools, transport)
         self._remote = remote
         routing_replicas = config.coalescer_replicas if config.coalesce_scope == "cluster" else config.replicas
         self.router = Router(config, routing_replicas)
         self.flights: Singleflight[Reply] = Singleflight()
         self.caches = {
-            model: ResponseCache(cache.ttl_s, cache.max_bytes) for model, cache in config.cache.items()
+            name: ResponseCache(model.cache.ttl_s, model.cache.max_bytes)
+            for name, model in config.models.items() if model.cache is not None
         }
-        self.shadows = ShadowStage(config, self.pools)
+        self.shadows = ShadowStage(config, self.pools, self.profiles)
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -48,12 +51,16 @@ class Pipeline:
         started = time.perf_counter()
         pool, code, backend = metrics.UNKNOWN, 500, metrics.UNKNOWN
         try:
-            reply = await (self._remote or self.coalesce)(call)
+            reply = await (self._remote or self.coalesce_then_route)(call)
             pool, code, backend = reply.pool, 200, reply.inference.backend
             self.shadows.mirror(call, reply, time.perf_counter() - started)
             return reply
         except GatewayError as exc:
             code, pool = exc.status, exc.pool or pool
+            exc.recorded = True
+            raise
+        except asyncio.CancelledError:  # the client went away (NGINX's 499), not a gateway failure
+            code = 499
             raise
         finally:
             metrics.REQUESTS.labels(call.tier, pool, call.model, str(code), backend).inc()
@@ -61,19 +68,20 @@ class Pipeline:
                 time.perf_counter() - started
             )
 
-    async def coalesce(self, call: Call) -> Reply:
+    async def coalesce_then_route(self, call: Call) -> Reply:
         """Coalesce (singleflight, cache), then route to a pool."""
         cache = self.caches.get(call.model)
-        if not self.config.coalesce and cache is None:
+        coalesce = self.config.coalesce and self.config.models[call.model].coalesce
+        if not coalesce and cache is None:
             return await self.router.dispatch(call, self.pools.infer)
-        primary = self.config.tiers[call.tier].pools[0]
+        primary = self.router.pools_for(call.tier, call.model)[0]
         key = request_key(call.model, call.version, primary, call.body)
         if cache is not None:
             hit = cache.get(key)
             metrics.CACHE.labels(call.model, "hit" if hit else "miss").inc()
             if hit is not None:
                 return dataclasses.replace(hit, cache="hit")
-        if self.config.coalesce:
+        if coalesce:
             # Followers wait on their leader's call, made under the leader's tier (priority,
             # shedding, deadline): only a request of the same tier may follow it.
             reply, followed = await self.flights.run(
@@ -88,16 +96,31 @@ class Pipeline:
         else:
             reply = await self.router.dispatch(call, self.pools.infer)
         if cache is not None:
-            cache.put(key, dataclasses.replace(reply, coalesced=False), len(reply.inference.body) + len(key))
+            # Under the key of the pool that answered: a failover pool runs another variant,
+            # whose answer must not be served later as the primary's.
+            answered = key if reply.pool == primary else request_key(call.model, call.version, reply.pool, call.body)
+            cache.put(answered, dataclasses.replace(reply, coalesced=False), len(reply.inference.body) + len(answered))
             reply = dataclasses.replace(reply, cache="miss")
         return reply
 
-    async def readiness(self) -> dict[str, str | None]:
-        """For each pool a tier uses, None when it answers TorchServe's ping healthy, else why not.
+    def serving_pools(self, model: str) -> list[str]:
+        """The pools some tier may send this model's calls to."""
+        return sorted({
+            pool for tier in self.config.tiers
+            for pool in self.config.tier_pools(tier, model) + self.config.tier_spillover(tier, model)
+        })
+
+    async def readiness(self) -> tuple[dict[str, str | None], dict[str, str]]:
+        """For each pool a tier uses, None when it answers TorchServe's ping healthy, else why not;
+        and per model, "ready" when every pool serving it answers, else "not ready".
         (Shadow targets are not serving: their health never makes the gateway unready.)"""
-        names = sorted({pool for tier in self.config.tiers.values() for pool in tier.pools + tier.spillover})
-        answers = await asyncio.gather(*(self.pools.ping(name) for name in names))
-        return dict(zip(names, answers))
+        names = sorted({pool for model in self.config.models for pool in self.serving_pools(model)})
+        pools = dict(zip(names, await asyncio.gather(*(self.pools.ping(name) for name in names))))
+        models = {
+            model: "ready" if all(pools[pool] is None for pool in self.serving_pools(model)) else "not ready"
+            for model in self.config.models
+        }
+        return pools, models
 
     async def close_when_idle(self) -> None:
         """After a config reload: let in-flight calls finish on this pipeline, then close it."""

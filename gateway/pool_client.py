@@ -19,11 +19,12 @@ import aiohttp
 import orjson
 
 from . import metrics
+from .call import Inference
 from .config import PoolConfig
 from .errors import GatewayError
 
 if TYPE_CHECKING:
-    from .admit import Call
+    from .call import Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +133,7 @@ class PoolClient:
         self._urls = {name: pool.url for name, pool in pools.items()}
         self.transport = transport
 
-    async def infer(self, pool: str, call: "Call") -> "Inference":
+    async def infer(self, pool: str, call: "Call") -> Inference:
         time_left = call.time_left()
         if time_left <= 0:
             raise PoolTimeout(f"deadline passed before pool {pool!r} was called")
@@ -170,15 +171,6 @@ class PoolClient:
         except (PoolUnreachable, PoolDropped, PoolTimeout) as exc:
             return str(exc)
         return None if response.status == 200 else f"ping answered HTTP {response.status}"
-
-
-@dataclass(frozen=True, slots=True)
-class Inference:
-    """A successful answer from a pool, with what actually ran it."""
-
-    body: bytes
-    content_type: str
-    backend: str
 
 
 # A pool's own 4xx is the client's fault (bad image, unknown version) and passes

@@ -15,46 +15,28 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from . import metrics
-from .admit import Call
 from .breaker import Breaker, State
 from .config import GatewayConfig
 from .errors import GatewayError
 from .limits import PoolGate
-from .pool_client import Inference, PoolDropped, PoolTimeout, PoolUnreachable
+from .call import Call, Inference, Reply
+from .pool_client import PoolDropped, PoolTimeout, PoolUnreachable
 
 Send = Callable[[str, Call], Awaitable[Inference]]
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    inference: Inference
-    pool: str
-    coalesced: bool = False  # answered by another request's backend call
-    cache: str | None = None  # "hit" or "miss" where the model has a response cache
-
-    def headers(self, tier: str, request_id: str) -> dict[str, str]:
-        """What served this answer, as every API surface reports it."""
-        headers = {
-            "X-Tiergate-Tier": tier,
-            "X-Tiergate-Pool": self.pool,
-            "X-Tiergate-Backend": self.inference.backend,
-            "X-Request-ID": request_id,
-        }
-        if self.coalesced:
-            headers["X-Tiergate-Coalesced"] = "1"
-        if self.cache:
-            headers["X-Tiergate-Cache"] = self.cache
-        return headers
 
 
 class Router:
     def __init__(self, config: GatewayConfig, replicas: int) -> None:
         """`replicas`: how many processes route to the pools, each holding its share of the limits."""
         self.config = config
+        # Per tier and model, the tier's pools and spillover pools that serve the model.
+        self._routes = {
+            (tier, model): (config.tier_pools(tier, model), config.tier_spillover(tier, model))
+            for tier in config.tiers for model in config.models
+        }
         self.gates = {name: PoolGate(name, 0, pool.max_queue) for name, pool in config.pools.items()}
         self.reserves: dict[str, int] = {}
         self.divide(replicas)
@@ -73,14 +55,19 @@ class Router:
             # of the slots would leave no headroom to spill into
             self.reserves[name] = math.ceil(pool.reserve / replicas)
 
+    def pools_for(self, tier: str, model: str) -> list[str]:
+        """The tier's pools serving the model, primary first."""
+        return self._routes[tier, model][0]
+
     async def dispatch(self, call: Call, send: Send) -> Reply:
         tier = self.config.tiers[call.tier]
+        pools, spillovers = self._routes[call.tier, call.model]
         last_error: GatewayError | None = None
         tried: set[str] = set()  # a spillover pool may also be listed in `pools`
-        for pool in tier.pools:
+        for pool in pools:
             if pool in tried or self.breakers[pool].state is State.OPEN:
                 continue
-            spillover = [other for other in tier.spillover if other not in tried]
+            spillover = [other for other in spillovers if other not in tried]
             target = await self._take_slot(call, pool, spillover, tier.priority, tier.sheddable)
             tried.add(target)
             try:
@@ -93,7 +80,7 @@ class Router:
         raise GatewayError(
             503, "PoolUnavailable",
             f"every pool for tier {call.tier!r} is failing; retry later",
-            {"Retry-After": str(math.ceil(max(self.config.pools[p].breaker_open_s for p in tier.pools)))},
+            {"Retry-After": str(math.ceil(max(self.config.pools[p].breaker_open_s for p in pools)))},
         )
 
     async def _take_slot(

@@ -3,9 +3,10 @@
 After the primary has answered (the client's response is already decided), each
 shadow test watching the call's model and tier samples it with its `sample_rate`.
 A sampled call is sent again, in a background task, to the test's target pool
-through the same `PoolClient` that serves primary traffic, and the candidate's top-k
-is compared with the primary's: same top-1 class, top-k overlap, and the largest
-|Δprobability|. With `noise_baseline` (Diffy's idea) the call also goes to the primary
+through the same `PoolClient` that serves primary traffic, and the candidate's answer
+is compared with the primary's by the model's profile: for classifiers the same top-1
+class, top-k overlap and the largest |Δprobability|; for tensors and JSON numbers
+elementwise within atol/rtol and cosine similarity; exact equality otherwise. With `noise_baseline` (Diffy's idea) the call also goes to the primary
 pool a second time, and whatever the primary disagrees with itself about is not
 blamed on the candidate. That second call goes to the pool directly (not through the
 router's slots), bounded only by the test's `max_concurrency`: it adds real load to a
@@ -20,7 +21,7 @@ dropped as `target_down`, and one probe per `breaker_open_s` checks the target a
 
 Every compared sample lands in the shadow log (SQLite) as one compact row of numbers,
 so agreement and latency can be plotted over time; rows of disagreements also carry
-both top-k answers and the per-class deltas, and the request body only when the test
+both answers and the largest deltas, and the request body only when the test
 has `log_payloads`. Rows are written by one thread per pipeline in batched transactions
 (the event loop only enqueues), WAL mode lets several replicas share the file, and the
 oldest rows are deleted beyond `shadow_log_max_rows`.
@@ -38,124 +39,37 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import orjson
 
 from . import metrics
-from .admit import Call
 from .breaker import Breaker
+from .call import Call, Reply
 from .config import GatewayConfig, PoolConfig, ShadowTest
 from .errors import GatewayError
 from .pool_client import PoolClient, PoolDropped, PoolTimeout, PoolUnreachable
-from .route import Reply
+from .profiles import Comparison, Profile
+from .profiles.base import RowCountMismatch
 
 log = logging.getLogger("tiergate.shadow")
 
 Outcome = Literal["agree", "disagree", "noisy", "error"]
+MAX_LOGGED_ANSWER_BYTES = 16 * 1024  # a disagreement's answers, parsed, up to this size
+MAX_LOGGED_DELTAS = 20
 # Errors that mean the target is down (not busy, not refusing this input): they open the breaker.
 TARGET_DOWN = frozenset({"unreachable", "dropped", "timeout", "PoolError"})
 
 
 # --- comparison -------------------------------------------------------------------------
+# How two answers compare is the model's profile's business (gateway/profiles); this module
+# only judges the comparisons and records them.
 
 
-@dataclass(frozen=True, slots=True)
-class Comparison:
-    """How one top-k answer differs from the primary's."""
-
-    top1_same: bool
-    overlap: float  # shared classes / classes listed, 0..1
-    max_delta: float  # largest |Δprobability| over the classes either side lists
-    deltas: dict[str, float]
-
-
-TopK = dict[str, float]  # one image's most likely classes, most likely first
-
-
-def parse_answers(body: bytes, k: int) -> list[TopK]:
-    """Per image, the k most likely classes of a pool's answer: the TorchServe API's
-    `{class: probability}` (one image) or the Open Inference outputs `top5_probabilities`
-    and `top5_labels` (N images), so both API surfaces can be shadowed."""
-    answer = orjson.loads(body)
-    if isinstance(answer, dict) and isinstance(answer.get("outputs"), list):
-        return _open_inference_top_k(answer["outputs"], k)
-    return [_top_k(answer, k)]
-
-
-def _top_k(answer: object, k: int) -> TopK:
-    if not isinstance(answer, dict) or not answer:
-        raise ValueError("expected a non-empty {class: probability} object")
-    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in answer.values()):
-        raise ValueError("probabilities must be numbers")
-    ranked = sorted(answer.items(), key=lambda item: (-item[1], item[0]))
-    return {label: float(p) for label, p in ranked[:k]}
-
-
-def _open_inference_top_k(outputs: list, k: int) -> list[TopK]:
-    named = {output.get("name"): output for output in outputs if isinstance(output, dict)}
-    probabilities, labels = named.get("top5_probabilities"), named.get("top5_labels")
-    if probabilities is None or labels is None:
-        raise ValueError("expected the outputs top5_probabilities and top5_labels")
-    shape = probabilities.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and shape == labels.get("shape")):
-        raise ValueError("top5_probabilities and top5_labels must share a [N, k] shape")
-    rows, width = shape
-    values, names = probabilities.get("data"), labels.get("data")
-    if not (isinstance(values, list) and isinstance(names, list) and len(values) == len(names) == rows * width):
-        raise ValueError("output data does not match its shape")
-    answers = []
-    for row in range(rows):
-        answer: dict = {}
-        for label, probability in zip(names[row * width:(row + 1) * width], values[row * width:(row + 1) * width]):
-            answer.setdefault(str(label), probability)  # ImageNet names a few classes twice
-        answers.append(_top_k(answer, k))
-    return answers
-
-
-def compare(primary: dict[str, float], other: dict[str, float]) -> Comparison:
-    """Compare two top-k answers.
-
-    A class listed by one side only has, on the other side, a probability somewhere
-    below that side's last listed one; its delta is the smallest difference consistent
-    with that (0 when it could be equal), so truncation is never blamed on a model.
-    """
-    primary_floor, other_floor = min(primary.values()), min(other.values())
-    deltas = {}
-    for label in primary.keys() | other.keys():
-        if label in primary and label in other:
-            deltas[label] = abs(primary[label] - other[label])
-        elif label in primary:
-            deltas[label] = max(0.0, primary[label] - other_floor)
-        else:
-            deltas[label] = max(0.0, other[label] - primary_floor)
-    return Comparison(
-        top1_same=next(iter(primary)) == next(iter(other)),
-        overlap=len(primary.keys() & other.keys()) / max(len(primary), len(other)),
-        max_delta=max(deltas.values()),
-        deltas=deltas,
-    )
-
-
-def compare_answers(primary: list[TopK], other: list[TopK]) -> Comparison:
-    """Compare answers image by image; a batch agrees only as far as its worst image does."""
-    if len(primary) != len(other):
-        raise ValueError(f"answers for {len(primary)} and {len(other)} images")
-    if len(primary) == 1:
-        return compare(primary[0], other[0])
-    each = [compare(mine, theirs) for mine, theirs in zip(primary, other)]
-    return Comparison(
-        top1_same=all(c.top1_same for c in each),
-        overlap=min(c.overlap for c in each),
-        max_delta=max(c.max_delta for c in each),
-        deltas={f"{image}:{label}": delta for image, c in enumerate(each) for label, delta in c.deltas.items()},
-    )
-
-
-def judge(candidate: Comparison, baseline: Comparison | None, tolerance: float) -> Outcome:
-    """Agree: same top-1 and every delta within tolerance, widened by the primary's own
-    noise. Noisy: the candidate differs, but so does the primary from itself on top-1."""
-    allowed = tolerance + (baseline.max_delta if baseline else 0.0)
+def judge(candidate: Comparison, baseline: Comparison | None) -> Outcome:
+    """Agree: same top-1 and every delta within the profile's tolerance, widened by the
+    primary's own noise. Noisy: the candidate differs, but so does the primary from itself on top-1."""
+    allowed = candidate.tolerance + (baseline.max_delta if baseline else 0.0)
     if candidate.top1_same and candidate.max_delta <= allowed:
         return "agree"
     if baseline is not None and not baseline.top1_same:
@@ -304,14 +218,15 @@ class DiffLog:
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    answers: list[TopK] | None = None  # per image
+    body: bytes | None = None
     seconds: float = 0.0
     error: str | None = None  # a bounded kind, usable as a metric label
 
 
 class _Test:
-    def __init__(self, config: ShadowTest, target: PoolConfig) -> None:
+    def __init__(self, config: ShadowTest, target: PoolConfig, profile: Profile) -> None:
         self.config = config
+        self.profile = profile
         self.inflight = 0
         self.breaker = Breaker(target.breaker_failures, target.breaker_open_s)
 
@@ -325,8 +240,10 @@ class _Test:
 
 
 class ShadowStage:
-    def __init__(self, config: GatewayConfig, pools: PoolClient, rng: random.Random | None = None) -> None:
-        self._tests = [_Test(test, config.pools[test.target_pool]) for test in config.shadows]
+    def __init__(
+        self, config: GatewayConfig, pools: PoolClient, profiles: Mapping[str, Profile], rng: random.Random | None = None
+    ) -> None:
+        self._tests = [_Test(test, config.pools[test.target_pool], profiles[test.model]) for test in config.shadows]
         self._pools = pools
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task] = set()
@@ -365,37 +282,37 @@ class ShadowStage:
 
     async def _shadow(self, test: _Test, call: Call, reply: Reply, primary_s: float | None) -> None:
         config = test.config
+        primary = reply.inference.body
         try:
             try:
-                primary = parse_answers(reply.inference.body, config.compare.top_k)
-            except ValueError:  # the primary's answer is no top-k: nothing to compare against
+                test.profile.compare(primary, primary, config.compare)
+            except ValueError:  # the primary's answer is not of its profile's form: nothing to compare against
                 metrics.SHADOW_ERRORS.labels(config.name, "primary", "unparseable").inc()
                 return
             deadline = time.monotonic() + config.timeout_ms / 1000
             target = dataclasses.replace(
                 call, model=config.target_model or config.model, version=config.target_version, deadline=deadline
             )
-            asked = [self._ask(config.target_pool, target, config.compare.top_k)]
+            asked = [self._ask(config.target_pool, target)]
             if config.noise_baseline:
-                asked.append(self._ask(reply.pool, dataclasses.replace(call, deadline=deadline), config.compare.top_k))
+                asked.append(self._ask(reply.pool, dataclasses.replace(call, deadline=deadline)))
             candidate, *baseline = await asyncio.gather(*asked)
             if candidate.error in TARGET_DOWN:
                 test.breaker.failed()
             else:
                 test.breaker.succeeded()
-            self._record(config, call, primary, candidate, baseline[0] if baseline else None, primary_s)
+            self._record(test, call, primary, candidate, baseline[0] if baseline else None, primary_s)
         except Exception:  # a bug here must never surface anywhere but the log
             log.exception("shadow %s failed comparing request %s", config.name, call.request_id)
             metrics.SHADOW_ERRORS.labels(config.name, "candidate", "internal").inc()
         finally:
             test.inflight -= 1
 
-    async def _ask(self, pool: str, call: Call, k: int) -> _Answer:
+    async def _ask(self, pool: str, call: Call) -> _Answer:
         started = time.perf_counter()
         try:
             inference = await self._pools.infer(pool, call)
-            seconds = time.perf_counter() - started
-            return _Answer(parse_answers(inference.body, k), seconds)
+            return _Answer(inference.body, time.perf_counter() - started)
         except PoolUnreachable:
             return _Answer(error="unreachable")
         except PoolDropped:
@@ -404,34 +321,30 @@ class ShadowStage:
             return _Answer(error="timeout")
         except GatewayError as exc:
             return _Answer(error=exc.code)
-        except ValueError:  # includes orjson.JSONDecodeError
-            return _Answer(error="unparseable")
 
     def _record(
         self,
-        config: ShadowTest,
+        test: _Test,
         call: Call,
-        primary: list[TopK],
+        primary: bytes,
         candidate: _Answer,
         baseline: _Answer | None,
         primary_s: float | None,
     ) -> None:
+        config = test.config
         name = config.name
         row = {"shadow": name, "at": time.time(), "request_id": call.request_id, "tier": call.tier}
-        candidate = _for_as_many_images(candidate, primary)
-        if candidate.error is not None:
-            metrics.SHADOW_ERRORS.labels(name, "candidate", candidate.error).inc()
-            self._log.append(Sample(**row, outcome="error", error=candidate.error))
+        against_candidate, error = _compared(test, primary, candidate)
+        if error is not None:
+            metrics.SHADOW_ERRORS.labels(name, "candidate", error).inc()
+            self._log.append(Sample(**row, outcome="error", error=error))
             return
-        against_candidate = compare_answers(primary, candidate.answers)
         against_baseline = None
         if baseline is not None:
-            baseline = _for_as_many_images(baseline, primary)
-            if baseline.error is not None:
-                metrics.SHADOW_ERRORS.labels(name, "baseline", baseline.error).inc()
-            else:
-                against_baseline = compare_answers(primary, baseline.answers)
-        outcome = judge(against_candidate, against_baseline, config.compare.tolerance)
+            against_baseline, error = _compared(test, primary, baseline)
+            if error is not None:
+                metrics.SHADOW_ERRORS.labels(name, "baseline", error).inc()
+        outcome = judge(against_candidate, against_baseline)
         latency_delta_s = None if primary_s is None else candidate.seconds - primary_s
 
         for pair, comparison in (("candidate", against_candidate), ("baseline", against_baseline)):
@@ -447,9 +360,9 @@ class ShadowStage:
         if outcome != "agree":
             detail = orjson.dumps({
                 "primary": _as_logged(primary),
-                "candidate": _as_logged(candidate.answers),
-                "delta": dict(sorted(against_candidate.deltas.items(), key=lambda item: -item[1])),
-                **({"baseline": _as_logged(baseline.answers)} if against_baseline else {}),
+                "candidate": _as_logged(candidate.body),
+                "delta": dict(sorted(against_candidate.deltas.items(), key=lambda item: -item[1])[:MAX_LOGGED_DELTAS]),
+                **({"baseline": _as_logged(baseline.body)} if against_baseline else {}),
             }).decode()
             payload = call.body if config.log_payloads else None
         self._log.append(Sample(
@@ -465,13 +378,23 @@ class ShadowStage:
         ))
 
 
-def _for_as_many_images(answer: _Answer, primary: list[TopK]) -> _Answer:
-    """The answer, or an `image_count` error when it is not for as many images as the primary's."""
-    if answer.error is None and len(answer.answers) != len(primary):
-        return _Answer(error="image_count")
-    return answer
+def _compared(test: _Test, primary: bytes, answer: _Answer) -> tuple[Comparison | None, str | None]:
+    """The comparison with the primary's answer, or the bounded error kind that prevented it."""
+    if answer.error is not None:
+        return None, answer.error
+    try:
+        return test.profile.compare(primary, answer.body, test.config.compare), None
+    except RowCountMismatch:
+        return None, "image_count"
+    except ValueError:  # includes orjson.JSONDecodeError
+        return None, "unparseable"
 
 
-def _as_logged(answers: list[TopK]) -> TopK | list[TopK]:
-    """One image's top-k as is; a batch as the list of them."""
-    return answers[0] if len(answers) == 1 else answers
+def _as_logged(answer: bytes) -> object:
+    """An answer as the log keeps it: parsed JSON (an answer, never a request payload), bounded."""
+    if len(answer) <= MAX_LOGGED_ANSWER_BYTES:
+        try:
+            return orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            pass
+    return {"bytes": len(answer), "start": answer[:256].decode("utf-8", "replace")}

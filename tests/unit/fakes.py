@@ -61,6 +61,7 @@ class HandlerTransport:
 def config_data(**overrides) -> dict:
     data = {
         "max_body_bytes": 1024,
+        "models": {"resnet18": {"profile": "image-classifier"}},
         "pools": {"gpu": {"url": "http://gpu.pool:8080"}, "cpu": {"url": "http://cpu.pool:8090"}},
         "tiers": {
             "premium": {"pools": ["gpu"], "deadline_ms": 2000},

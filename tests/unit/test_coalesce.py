@@ -96,7 +96,7 @@ async def test_cache_hits_then_expires_and_never_stores_errors():
         answer = next(answers)
         return answer if answer is not None else by_pool(request)
 
-    async with gateway(handler, cache={"resnet18": {"ttl_s": 30, "max_bytes": 10_000}}) as client:
+    async with gateway(handler, models={"resnet18": {"profile": "image-classifier", "cache": {"ttl_s": 30, "max_bytes": 10_000}}}) as client:
         first = await client.post("/predictions/resnet18", content=jpeg())
         second = await client.post("/predictions/resnet18", content=jpeg())
         third = await client.post("/predictions/resnet18", content=jpeg())

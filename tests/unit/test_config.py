@@ -6,6 +6,7 @@ from gateway.config import ConfigError, load_config, parse_config
 
 def minimal(**overrides):
     data = {
+        "models": {"resnet18": {"profile": "image-classifier"}},
         "pools": {"gpu": {"url": "http://127.0.0.1:8080"}, "cpu": {"url": "http://127.0.0.1:8090"}},
         "tiers": {"premium": {"pools": ["gpu", "cpu"]}, "standard": {"pools": ["cpu"]}},
     }
@@ -39,7 +40,23 @@ def test_defaults_apply():
         ({"pools": {"cpu": {"url": "ftp://x"}}}, "pools.cpu.url"),
         ({"port": 70000}, "port"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
-        ({"models": ["../etc"]}, "model name '../etc'"),
+        ({"models": {"../etc": {"profile": "json"}}}, "name '../etc' must match"),
+        ({"models": {}}, "models: Dictionary should have at least 1 item"),
+        ({"models": {"m": {"profile": "yaml"}}}, "does not match any of the expected tags"),
+        ({"models": {"m": {"profile": "json", "json_schema": {"type": "nonsense"}}}}, "json_schema is not a valid JSON Schema"),
+        ({"models": {"m": {"profile": "passthrough", "mar": "../x.mar"}}}, "mar is a file name in the model store"),
+        ({"models": {"m": {"profile": "passthrough", "content_types": ["Image/JPEG"]}}}, "is not a lower-case media type"),
+        (
+            {"models": {"m": {"profile": "tensor", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}] * 2,
+                              "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}]}}},
+            "inputs name a tensor twice",
+        ),
+        (
+            {"models": {"m": {"profile": "tensor", "inputs": [{"name": "x", "datatype": "FP33", "shape": [-1]}],
+                              "outputs": [{"name": "y", "datatype": "FP32", "shape": [0]}]}}},
+            "models.m.tensor.inputs.0.datatype",
+        ),
+        ({"pools": {"gpu": {"url": "http://g", "models": ["bert"]}, "cpu": {"url": "http://c"}}}, "pool 'gpu' serves unknown models ['bert']"),
         ({"tiers": {"Gold": {"pools": ["cpu"]}}}, "tier name 'Gold' must be lower case"),
     ],
 )
@@ -61,3 +78,28 @@ def test_load_reports_unreadable_and_invalid_yaml(tmp_path):
     scalar.write_text("42")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(scalar)
+
+
+def test_a_model_left_without_a_pool_in_a_tier_is_refused_naming_both():
+    data = minimal(
+        models={"resnet18": {"profile": "image-classifier"}, "digits": {"profile": "json"}},
+        pools={"gpu": {"url": "http://g"}, "cpu": {"url": "http://c", "models": ["resnet18"]}},
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, "test.yaml")
+    message = str(raised.value)
+    assert "model 'digits' has no pool in tier 'standard'" in message
+    assert "pools serving it: ['gpu']" in message
+
+
+def test_a_tier_routes_each_model_to_the_pools_serving_it():
+    config = parse_config(minimal(
+        models={"resnet18": {"profile": "image-classifier"}, "stock": {"profile": "passthrough"}},
+        pools={"gpu": {"url": "http://g", "models": ["resnet18"]}, "cpu": {"url": "http://c"}},
+        tiers={"premium": {"pools": ["gpu", "cpu"], "spillover": ["gpu"]}, "standard": {"pools": ["cpu"]}},
+    ))
+    assert config.tier_pools("premium", "resnet18") == ["gpu", "cpu"]
+    assert config.tier_pools("premium", "stock") == ["cpu"]
+    assert config.tier_spillover("premium", "stock") == []
+    assert config.pool_models("cpu") == ["resnet18", "stock"]
+    assert config.body_limit("stock") == config.max_body_bytes

@@ -13,11 +13,9 @@ import pytest
 from prometheus_client import REGISTRY
 from starlette.requests import Request
 
-from gateway.admit import Call
+from gateway.call import Call, Inference, Reply
 from gateway.config import parse_config
 from gateway.http import HttpFront
-from gateway.pool_client import Inference
-from gateway.route import Reply
 
 from .fakes import HandlerTransport, by_pool, config_data, jpeg
 
@@ -233,7 +231,7 @@ async def test_noise_baseline_does_not_blame_the_candidate_for_a_noisy_primary(t
 
 
 async def test_cache_hits_are_compared_without_a_latency_delta(tmp_path, name):
-    gateway = Shadowed(tmp_path, pools(candidate()), name, gateway_config={"cache": {"resnet18": {}}}, max_concurrency=1)
+    gateway = Shadowed(tmp_path, pools(candidate()), name, gateway_config={"models": {"resnet18": {"profile": "image-classifier", "cache": {}}}}, max_concurrency=1)
     first = await gateway.post()
     await asyncio.sleep(0.05)
     second = await gateway.post()

@@ -9,24 +9,28 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.admit import Call
+from gateway.call import Call, Inference, Reply
 from gateway.config import parse_config
-from gateway.pool_client import Inference, PoolClient
-from gateway.route import Reply
-from gateway.shadow import Comparison, ShadowStage, compare, compare_answers, judge, parse_answers
+from gateway.pool_client import PoolClient
+from gateway.profiles import Comparison, profile_for
+from gateway.profiles.base import RowCountMismatch
+from gateway.profiles.topk import compare_one, compare_top_k, parse_top_k
+from gateway.shadow import ShadowStage, judge
 
 from .fakes import HandlerTransport, config_data
 
 
 def test_identical_answers_compare_equal():
     answer = {"tabby": 0.5, "tiger_cat": 0.2, "lynx": 0.1}
-    assert compare(answer, dict(answer)) == Comparison(True, 1.0, 0.0, {"tabby": 0.0, "tiger_cat": 0.0, "lynx": 0.0})
+    assert compare_one(answer, dict(answer), 0.05) == Comparison(
+        True, 1.0, 0.0, 0.05, {"tabby": 0.0, "tiger_cat": 0.0, "lynx": 0.0}
+    )
 
 
 def test_top1_overlap_and_largest_delta():
     primary = {"tabby": 0.50, "tiger_cat": 0.20, "lynx": 0.10}
     candidate = {"tiger_cat": 0.45, "tabby": 0.40, "egyptian_cat": 0.05}
-    result = compare(primary, candidate)
+    result = compare_one(primary, candidate, 0.05)
     assert not result.top1_same
     assert result.overlap == pytest.approx(2 / 3)
     assert result.max_delta == pytest.approx(0.25)  # tiger_cat 0.20 → 0.45
@@ -38,11 +42,11 @@ def test_top1_overlap_and_largest_delta():
 
 def test_parse_answers_ranks_and_truncates():
     body = orjson.dumps({"b": 0.1, "a": 0.7, "c": 0.2})
-    (answer,) = parse_answers(body, 2)
+    (answer,) = parse_top_k(body, 2)
     assert list(answer.items()) == [("a", 0.7), ("c", 0.2)]
     for bad in (b"not json", b"[]", b"{}", b'{"a": "high"}', b'{"a": true}'):
         with pytest.raises(ValueError):
-            parse_answers(bad, 5)
+            parse_top_k(bad, 5)
 
 
 def open_inference(rows: list[list[tuple[str, float]]]) -> bytes:
@@ -55,38 +59,38 @@ def open_inference(rows: list[list[tuple[str, float]]]) -> bytes:
 
 def test_parse_answers_reads_open_inference_outputs_per_image():
     body = open_inference([[("tabby", 0.6), ("crane", 0.2), ("crane", 0.1)], [("kite", 0.9), ("jay", 0.05), ("hen", 0.01)]])
-    assert parse_answers(body, 2) == [{"tabby": 0.6, "crane": 0.2}, {"kite": 0.9, "jay": 0.05}]
+    assert parse_top_k(body, 2) == [{"tabby": 0.6, "crane": 0.2}, {"kite": 0.9, "jay": 0.05}]
     broken = orjson.loads(body)
     broken["outputs"][1]["shape"] = [2, 2]
     for bad in (orjson.dumps(broken), orjson.dumps({"outputs": broken["outputs"][:1]})):
         with pytest.raises(ValueError):
-            parse_answers(bad, 5)
+            parse_top_k(bad, 5)
 
 
 def test_a_batch_compares_as_its_worst_image():
     same = [{"a": 0.6, "b": 0.4}, {"c": 0.9, "d": 0.1}]
     other = [{"a": 0.6, "b": 0.4}, {"d": 0.55, "c": 0.45}]
-    result = compare_answers(same, other)
+    result = compare_top_k(same, other, 0.05)
     assert not result.top1_same and result.max_delta == pytest.approx(0.45)
     assert result.deltas["1:c"] == pytest.approx(0.45) and result.deltas["0:a"] == 0.0
-    assert compare_answers(same, same).top1_same
-    with pytest.raises(ValueError):
-        compare_answers(same, same[:1])
+    assert compare_top_k(same, same, 0.05).top1_same
+    with pytest.raises(RowCountMismatch):
+        compare_top_k(same, same[:1], 0.05)
 
 
 @pytest.mark.parametrize(
     "candidate, baseline, outcome",
     [
-        (Comparison(True, 1.0, 0.04, {}), None, "agree"),
-        (Comparison(True, 1.0, 0.06, {}), None, "disagree"),  # same class, probability beyond tolerance
-        (Comparison(False, 0.8, 0.01, {}), None, "disagree"),
-        (Comparison(True, 1.0, 0.06, {}), Comparison(True, 1.0, 0.02, {}), "agree"),  # within the primary's own noise
-        (Comparison(False, 0.8, 0.01, {}), Comparison(False, 0.8, 0.01, {}), "noisy"),
-        (Comparison(False, 0.8, 0.01, {}), Comparison(True, 1.0, 0.0, {}), "disagree"),
+        (Comparison(True, 1.0, 0.04, 0.05), None, "agree"),
+        (Comparison(True, 1.0, 0.06, 0.05), None, "disagree"),  # same class, probability beyond tolerance
+        (Comparison(False, 0.8, 0.01, 0.05), None, "disagree"),
+        (Comparison(True, 1.0, 0.06, 0.05), Comparison(True, 1.0, 0.02, 0.05), "agree"),  # within the primary's own noise
+        (Comparison(False, 0.8, 0.01, 0.05), Comparison(False, 0.8, 0.01, 0.05), "noisy"),
+        (Comparison(False, 0.8, 0.01, 0.05), Comparison(True, 1.0, 0.0, 0.05), "disagree"),
     ],
 )
 def test_verdict(candidate, baseline, outcome):
-    assert judge(candidate, baseline, tolerance=0.05) == outcome
+    assert judge(candidate, baseline) == outcome
 
 
 def sampled(name: str) -> float:
@@ -110,8 +114,8 @@ def stage(tmp_path, rate: float, seed: int, name: str, **shadow) -> ShadowStage:
     async def hang(request):
         await never.wait()
 
-    return ShadowStage(config, PoolClient(config.pools, HandlerTransport(hang)),
-                       rng=random.Random(seed))
+    profiles = {name: profile_for(model) for name, model in config.models.items()}
+    return ShadowStage(config, PoolClient(config.pools, HandlerTransport(hang)), profiles, rng=random.Random(seed))
 
 
 def answered(tier: str = "standard", version: str | None = None) -> tuple[Call, Reply]:

@@ -14,7 +14,8 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image
 
-from gateway import metrics, v2
+from gateway import metrics
+from gateway.profiles import image_classifier
 from gateway.auth import digest
 from torchserve_backend import handler
 
@@ -242,13 +243,13 @@ MALFORMED = {
     "not JSON": (b"{inputs:", {}, "not valid JSON"),
     "JSON array": (b"[]", {}, "JSON object"),
     "no inputs": (orjson.dumps({"inputs": []}), {}, "exactly one input"),
-    "two inputs": (orjson.dumps({"inputs": tensor_json(data=[JPEG_B64])["inputs"] * 2}), {}, "exactly one input"),
-    "unknown input": (orjson.dumps(tensor_json(name="image", data=[JPEG_B64])), {}, "unknown input"),
-    "images as FP32": (orjson.dumps(tensor_json(datatype="FP32", data=[JPEG_B64])), {}, "must be BYTES"),
+    "two inputs": (orjson.dumps({"inputs": tensor_json(data=[JPEG_B64])["inputs"] * 2}), {}, "named twice"),
+    "unknown input": (orjson.dumps(tensor_json(name="image", data=[JPEG_B64])), {}, "exactly one input: 'images'"),
+    "images as FP32": (orjson.dumps(tensor_json(datatype="FP32", data=[JPEG_B64])), {}, "must be 1 numbers"),
     "images shape [1,1]": (orjson.dumps(tensor_json(shape=(1, 1), data=[JPEG_B64])), {}, "shape [N]"),
-    "images short": (orjson.dumps(tensor_json(shape=(2,), data=[JPEG_B64])), {}, "N=2 base64"),
+    "images short": (orjson.dumps(tensor_json(shape=(2,), data=[JPEG_B64])), {}, "must be 2 strings"),
     "no data": (orjson.dumps(tensor_json()), {}, "has no data"),
-    "shape not ints": (orjson.dumps(tensor_json(shape=("1",), data=[JPEG_B64])), {}, "list of integers"),
+    "shape not ints": (orjson.dumps(tensor_json(shape=("1",), data=[JPEG_B64])), {}, "non-negative integers"),
     "zero images": (orjson.dumps(tensor_json(shape=(0,), data=[])), {}, "at least one"),
     "raw string": (orjson.dumps(tensor_json(data=["\xff\xd8\xff raw"])), {}, "images[0] is not a base64"),
     "base64 text": (orjson.dumps(tensor_json(data=[base64.b64encode(b"hello").decode()])), {}, "images[0]: body is not a JPEG"),
@@ -409,7 +410,10 @@ async def test_v2_calls_are_counted_like_torchserve_calls():
 
 
 def test_gateway_and_handler_agree_on_the_contract():
-    gateway_side = (v2.IMAGES, v2.PIXELS, v2.PROBABILITIES, v2.LABELS, v2.PIXEL_DIMS, v2.TOP_K, v2.MAX_IMAGES)
+    gateway_side = (
+        image_classifier.IMAGES, image_classifier.PIXELS, image_classifier.PROBABILITIES, image_classifier.LABELS,
+        image_classifier.PIXEL_DIMS, image_classifier.TOP_K, image_classifier.MAX_IMAGES,
+    )
     handler_side = (
         handler.V2_IMAGES_INPUT, handler.V2_PIXELS_INPUT, handler.V2_PROBABILITIES_OUTPUT, handler.V2_LABELS_OUTPUT,
         (3, handler.CROP_SIZE, handler.CROP_SIZE), handler.TOP_K, handler.V2_MAX_IMAGES,

@@ -19,13 +19,12 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
-from .admit import Call
+from .call import Call, Reply
 from .coalesce import request_key
 from .config import GatewayConfig, parse_config
 from .errors import GatewayError
 from .pipeline import Pipeline
 from .pool_client import AiohttpTransport
-from .route import Reply
 from .shares import ReplicaShares
 
 # Monotonic clocks differ between nodes: a call crosses the hop with its time left and the
@@ -58,7 +57,7 @@ class Coalescer:
             self._draining.add(asyncio.create_task(previous.close_when_idle()))
             self._draining = {task for task in self._draining if not task.done()}
 
-    async def coalesce(self, call: Call, sent_at: float) -> tuple:
+    async def coalesce_then_route(self, call: Call, sent_at: float) -> tuple:
         """`call.deadline` is its time left when sent, at `sent_at` (time.time()); returns ("ok",
         Reply) or ("error", status, code, message, headers, pool)."""
         assert self._pipeline is not None
@@ -68,7 +67,7 @@ class Coalescer:
         pipeline = self._pipeline
         try:
             with pipeline.in_use():
-                return ("ok", await pipeline.coalesce(local))
+                return ("ok", await pipeline.coalesce_then_route(local))
         except GatewayError as exc:
             return ("error", exc.status, exc.code, exc.message, exc.headers, exc.pool)
 
@@ -81,12 +80,12 @@ class RemoteCoalescer:
         self._handle = handle
 
     async def __call__(self, call: Call) -> Reply:
-        primary = self._config.tiers[call.tier].pools[0]
+        primary = self._config.tier_pools(call.tier, call.model)[0]
         key = request_key(call.model, call.version, primary, call.body)
         budget = call.time_left()
         if budget <= 0:
             raise GatewayError(504, "DeadlineExceeded", f"tier {call.tier!r} deadline passed")
-        response = self._handle.options(session_id=key).coalesce.remote(
+        response = self._handle.options(session_id=key).coalesce_then_route.remote(
             dataclasses.replace(call, deadline=budget), time.time()
         )
         try:
