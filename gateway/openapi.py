@@ -50,11 +50,15 @@ def document(config: GatewayConfig, profiles: Mapping[str, Profile], keys_requir
         },
     ]
     security = {"security": [{"apiKey": []}]} if keys_required else {}
-    v2_model = _v2_get("model metadata: its inputs and outputs", {"404": _v2_error("no such model or version")})
+    # A model's paths admit callers as inference does: who asks, then which model.
+    caller = {"401": _v2_error(PREDICT_ERRORS["401"])} if keys_required else {}
+    v2_model = _v2_get("model metadata: its inputs and outputs", {"404": _v2_error("no such model or version"), **caller})
     v2_ready = _v2_get(
         "the model is ready when every pool serving it answers",
-        {"404": _v2_error("no such model or version"), "503": _v2_error("not ready, and why")},
+        {"404": _v2_error("no such model or version"), "503": _v2_error("not ready, and why"), **caller},
     )
+    for operation in (v2_model, v2_ready):
+        operation["get"].update(security)
     paths: dict[str, Any] = {}
     for name, profile in profiles.items():
         model = config.models[name]

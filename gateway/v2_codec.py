@@ -101,8 +101,8 @@ def _decode_input(tensor: Any, binary: memoryview | bytes, offset: int) -> tuple
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(name, str) or not name:
         raise bad_request("each input needs a name")
-    if datatype != "BYTES" and datatype not in NUMPY_DTYPES:
-        raise bad_request(f"input {name!r}: unknown datatype {datatype!r}")
+    if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in NUMPY_DTYPES):
+        raise bad_request(f"input {name!r}: unknown datatype")
     if (
         not isinstance(shape, list) or not 1 <= len(shape) <= MAX_DIMS
         or not all(type(dim) is int and dim >= 0 for dim in shape)
@@ -280,8 +280,8 @@ def tensors_from_answer(answer: Any) -> tuple[list[Tensor], str | None]:
         name, datatype, shape, data = (output.get(key) for key in ("name", "datatype", "shape", "data"))
         if not isinstance(name, str) or not isinstance(shape, list) or not isinstance(data, list):
             raise ValueError("each output has a name, a shape and flat data")
-        if datatype != "BYTES" and datatype not in NUMPY_DTYPES:
-            raise ValueError(f"unknown datatype {datatype!r}")
+        if not isinstance(datatype, str) or (datatype != "BYTES" and datatype not in NUMPY_DTYPES):
+            raise ValueError("unknown datatype")
         if not all(type(dim) is int and dim >= 0 for dim in shape) or element_count(tuple(shape)) != len(data):
             raise ValueError(f"output {name!r}: data does not match its shape")
         values = [str(item) for item in data] if datatype == "BYTES" else np.asarray(data, dtype=NUMPY_DTYPES[datatype])

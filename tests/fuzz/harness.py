@@ -1,4 +1,4 @@
-"""The gateway's HTTP surface in-process, with pools that decode images like the real handler.
+"""The gateway's HTTP surface in-process, with pools that decode requests like the real handlers.
 
 Requests are driven as raw ASGI scopes, so a test can send what no well-behaved client
 library would: control characters and non-ASCII bytes in headers, duplicated headers,
@@ -15,6 +15,9 @@ import httpx
 import orjson
 from starlette.requests import Request
 
+import yaml
+
+from gateway.cli import default_config
 from gateway.config import parse_config
 from gateway.http import HttpFront
 from tests.unit.fakes import HandlerTransport, config_data
@@ -27,6 +30,16 @@ from torchserve_backend.handler import (
 from .inputs import MARKER
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# The bundled config's models (one of each profile) and which pools serve them.
+BUNDLED = yaml.safe_load(default_config().read_text())
+EVERY_MODEL = {
+    "models": BUNDLED["models"],
+    "pools": {
+        "gpu": {"url": "http://gpu.pool:8080", "models": BUNDLED["pools"]["gpu"]["models"]},
+        "cpu": {"url": "http://cpu.pool:8090", "models": BUNDLED["pools"]["cpu"]["models"]},
+    },
+    "tiers": BUNDLED["tiers"],
+}
 
 
 @dataclass
@@ -47,28 +60,32 @@ class Answer:
 
 @dataclass
 class DecodingPool:
-    """A pool answering like TorchServe with tiergate's handler: 400 for what it cannot decode."""
+    """Pools answering like TorchServe with each bundled model's handler: 400 for what it cannot decode."""
 
     bodies_seen: list[bytes] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/ping":
             return httpx.Response(200, json={"status": "Healthy"})
-        version = request.url.path.removeprefix("/predictions/resnet18").strip("/")
+        model, _, version = request.url.path.removeprefix("/predictions/").partition("/")
         if version not in ("", "1.0"):  # what TorchServe says of a version it does not have
             return httpx.Response(404, json={
                 "code": 404, "type": "ModelVersionNotFoundException",
-                "message": f"Model version: {version} does not exist for model: resnet18",
+                "message": f"Model version: {version} does not exist for model: {model}",
             })
         self.bodies_seen.append(request.content)
+        backend = {"headers": {"X-Tiergate-Backend": "cpu-int8" if request.url.host == "cpu.pool" else "tensorrt-fp16"}}
+        if model == "digits":
+            rows = orjson.loads(request.content)["inputs"][0]["shape"][0]
+            outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [rows, 10], "data": [0.1] * 10 * rows}]
+            return httpx.Response(200, json={"model_name": model, "model_version": "1.0", "outputs": outputs}, **backend)
+        if model == "sentiment":
+            return httpx.Response(200, json={"label": "positive", "probabilities": {"negative": 0.2, "positive": 0.8}}, **backend)
         try:
             decode_image(request.content, DEFAULT_MAX_IMAGE_PIXELS)
         except InvalidInput as error:
             return httpx.Response(400, json={"code": 400, "type": "InvalidInput", "message": str(error)})
-        return httpx.Response(
-            200, json={"tabby": 0.6, "tiger_cat": 0.3},
-            headers={"X-Tiergate-Backend": "cpu-int8" if request.url.host == "cpu.pool" else "tensorrt-fp16"},
-        )
+        return httpx.Response(200, json={"tabby": 0.6, "tiger_cat": 0.3}, **backend)
 
 
 class Gateway:

@@ -11,7 +11,7 @@ import zlib
 from hypothesis import strategies as st
 from PIL import Image
 
-from gateway import admit
+from gateway.profiles import image_classifier
 
 # Bodies and headers carry this; it must never come back in an answer or reach a log.
 MARKER = "ZQXJ-PLANTED-PAYLOAD-7f3a"
@@ -31,7 +31,7 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return admit.PNG_MAGIC + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return image_classifier.PNG_MAGIC + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def jpeg_declaring(width: int, height: int) -> bytes:
@@ -63,13 +63,13 @@ def mutated_images(draw) -> bytes:
 
 BODIES = st.one_of(
     st.binary(max_size=600),
-    st.binary(max_size=600).map(lambda tail: admit.JPEG_MAGIC + tail),
-    st.binary(max_size=600).map(lambda tail: admit.PNG_MAGIC + tail),
+    st.binary(max_size=600).map(lambda tail: image_classifier.JPEG_MAGIC + tail),
+    st.binary(max_size=600).map(lambda tail: image_classifier.PNG_MAGIC + tail),
     st.sampled_from(SMALL_IMAGES),
     mutated_images(),
     st.builds(png_declaring, st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)),
     st.builds(jpeg_declaring, st.integers(0, 65535), st.integers(0, 65535)),
-    st.just(admit.JPEG_MAGIC + MARKER.encode() * 50),
+    st.just(image_classifier.JPEG_MAGIC + MARKER.encode() * 50),
 )
 HEADER_NAMES = st.one_of(
     st.sampled_from([

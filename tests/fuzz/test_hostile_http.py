@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gateway import admit
+from gateway.profiles import image_classifier
 from gateway.auth import digest
 
 from .harness import Gateway, assert_client_fault_answer
@@ -67,7 +67,7 @@ def test_predict_with_hostile_headers_and_bodies(gateway, headers, body):
     assert_client_fault_answer(answer)
     reached_pool = len(gateway.pool.bodies_seen) > before
     if reached_pool:
-        assert body.startswith(admit.IMAGE_MAGIC)  # only image-looking bodies cost a pool anything
+        assert body.startswith(image_classifier.IMAGE_MAGIC)  # only image-looking bodies cost a pool anything
     if answer.status == 200:
         assert reached_pool and answer.json() == {"tabby": 0.6, "tiger_cat": 0.3}
 
@@ -90,8 +90,8 @@ def test_declared_dimensions_over_the_limits_never_reach_a_pool(gateway, width, 
     before = len(gateway.pool.bodies_seen)
     answer = gateway.call("POST", PREDICT, [(b"content-type", b"image/" + kind.encode())], [body])
     assert_client_fault_answer(answer)
-    too_big = width * height > admit.MAX_IMAGE_PIXELS
-    lopsided = min(width, height) == 0 or max(width, height) > admit.MAX_ASPECT_RATIO * min(width, height)
+    too_big = width * height > image_classifier.MAX_IMAGE_PIXELS
+    lopsided = min(width, height) == 0 or max(width, height) > image_classifier.MAX_ASPECT_RATIO * min(width, height)
     if too_big or lopsided:
         assert answer.status == 400 and "pixels" in answer.json()["message"]
         assert len(gateway.pool.bodies_seen) == before
@@ -111,7 +111,7 @@ def test_declared_size_agrees_with_pillow(size, fmt, mode, progressive, exif):
     assume(not (fmt == "JPEG" and mode in ("RGBA", "P")) and not (fmt == "PNG" and mode == "CMYK"))
     options = {"progressive": progressive, "exif": Image.Exif()} if fmt == "JPEG" and exif else {}
     body = encoded(size, fmt, mode, **options)
-    assert admit.declared_size(body) == Image.open(io.BytesIO(body)).size == size
+    assert image_classifier.declared_size(body) == Image.open(io.BytesIO(body)).size == size
 
 
 @pytest.mark.parametrize(

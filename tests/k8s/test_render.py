@@ -109,9 +109,10 @@ def test_torchserve_properties_come_from_the_pool_config(documents, config):
         assert properties["job_queue_size"] == str(launch.queue_size)
         assert f"-Xmx{launch.java_heap_mb}m" in properties["vmargs"].split()
         models = yaml.safe_load(properties["models"])
-        for model in config.models:
+        assert list(models) == config.pool_models(name)
+        for model in config.pool_models(name):
             version = models[model]["1.0"]
-            assert version["marName"] == f"{model}-{launch.variant}.mar"
+            assert version["marName"] == (config.models[model].mar or f"{model}-{launch.variant}.mar")
             assert version["batchSize"] == launch.batch_size
             assert version["maxBatchDelay"] == launch.max_batch_delay_ms
             assert version["minWorkers"] == version["maxWorkers"] == launch.workers
