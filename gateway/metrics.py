@@ -123,7 +123,9 @@ SHADOW_ERRORS = Counter(
     ["shadow", "call", "kind"],
 )
 SHADOW_TOP1 = Counter(
-    "tiergate_shadow_top1", "Compared samples by whether both answers share the top-1 class",
+    "tiergate_shadow_top1",
+    "Compared samples by whether the decisive part agrees: the top-1 class (classifiers), cosine and shapes"
+    " (tensors), every non-numeric value (JSON), the bytes (passthrough)",
     ["shadow", "pair", "result"],
 )
 SHADOW_OUTCOMES = Counter(
@@ -131,11 +133,12 @@ SHADOW_OUTCOMES = Counter(
     ["shadow", "outcome"],
 )
 SHADOW_OVERLAP = Histogram(
-    "tiergate_shadow_topk_overlap", "Share of top-k classes both answers list",
+    "tiergate_shadow_topk_overlap", "Share of top-k classes (or of a document's paths) both answers list",
     ["shadow", "pair"], buckets=(0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 1.0),
 )
 SHADOW_MAX_DELTA = Histogram(
-    "tiergate_shadow_max_abs_delta", "Largest |Δprobability| between the two answers' top-k classes",
+    "tiergate_shadow_max_abs_delta",
+    "Largest |Δprobability| between the two answers' top-k classes (numbers: |Δ| beyond rtol·|primary|)",
     ["shadow", "pair"], buckets=(0.0, 0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
 SHADOW_LATENCY_DELTA = Histogram(

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from .images import distinct_pngs
-from .test_zz_pool_failure import wait_for
+from .waiting import wait_for
 
 PREDICT = "/predictions/resnet18"
 

@@ -14,7 +14,7 @@ from gateway.auth import digest
 from .conftest import stack_config
 from .images import cat_jpeg, distinct_pngs
 from .loads import Load
-from .test_zz_pool_failure import wait_for
+from .waiting import wait_for
 
 PREDICT = "/predictions/resnet18"
 SHOP, ETL = "shop-secret", "etl-secret"

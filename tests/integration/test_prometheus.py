@@ -14,7 +14,7 @@ import yaml
 
 from .conftest import REPO
 from .images import distinct_pngs
-from .test_zz_pool_failure import wait_for
+from .waiting import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

@@ -36,7 +36,7 @@ from torchserve_backend.launcher import PoolProcess, PoolSpec
 
 from .conftest import ARTIFACTS, tiergate
 from .images import cat_jpeg
-from .test_zz_pool_failure import wait_for
+from .waiting import wait_for
 
 PREDICT = "/predictions/resnet18"
 CANDIDATE = LocalLaunch(variant="fp32", inference_port=8100, management_port=8101, metrics_port=8102)

@@ -7,19 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from .images import cat_jpeg
-
-
-def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
+from .waiting import wait_for
 
 
 def test_killed_pool_turns_readyz_503_and_comes_back(stack):
