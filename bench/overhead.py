@@ -185,18 +185,21 @@ class Variant:
     source: Path | None = None
     replicas: int | None = None
     pool_max_concurrency: int | None = None
+    models_as_list: bool = False  # a checkout from before per-model config: `models: [name]`
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
-        """NAME or NAME=KEY=VALUE,KEY=VALUE; the keys `src` (a checkout), `replicas` and
-        `pool_max_concurrency` are the harness's, any other is an environment variable."""
+        """NAME or NAME=KEY=VALUE,KEY=VALUE; the keys `src` (a checkout), `replicas`,
+        `pool_max_concurrency` and `models=list` (for a checkout older than per-model config)
+        are the harness's, any other is an environment variable."""
         name, _, rest = spec.partition("=")
         settings = dict(item.split("=", 1) for item in rest.split(",") if item)
         source = settings.pop("src", None)
         replicas = settings.pop("replicas", None)
         limit = settings.pop("pool_max_concurrency", None)
+        models_as_list = settings.pop("models", None) == "list"
         return cls(name, settings, Path(source).resolve() if source else None,
-                   int(replicas) if replicas else None, int(limit) if limit else None)
+                   int(replicas) if replicas else None, int(limit) if limit else None, models_as_list)
 
 
 def shipped_cpu_pool() -> dict:
@@ -225,7 +228,7 @@ def tiergate_config(args: argparse.Namespace, variant: Variant, port: int, state
     config = {
         "host": "127.0.0.1",
         "port": port,
-        "models": [MODEL],
+        "models": [MODEL] if variant.models_as_list else {MODEL: {"profile": "image-classifier", "build": MODEL}},
         "artifacts_dir": str(ROOT / "artifacts"),
         "replicas": variant.replicas or args.replicas,
         "ingress": "haproxy",
