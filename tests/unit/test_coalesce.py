@@ -106,6 +106,29 @@ async def test_cache_hits_then_expires_and_never_stores_errors():
     assert len(calls) == 2
 
 
+async def test_an_answer_from_a_failover_pool_is_never_cached_as_the_primarys():
+    """premium's primary (gpu) is down for the first call, so cpu answers it; the next premium
+    call must not get cpu's answer from the cache but ask gpu, whose variant it asked for."""
+    gpu_up = [False]
+
+    def handler(request):
+        if request.url.host == "gpu.pool" and not gpu_up[0]:
+            raise httpx.ConnectError("refused")
+        return by_pool(request)
+
+    tiers = {"premium": {"pools": ["gpu", "cpu"]}, "standard": {"pools": ["cpu"]}, "batch": {"pools": ["cpu"]}}
+    cached = {"resnet18": {"profile": "image-classifier", "cache": {"ttl_s": 30, "max_bytes": 10_000}}}
+    async with gateway(handler, models=cached, tiers=tiers) as client:
+        failover = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+        gpu_up[0] = True
+        again = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+        standard = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "standard"})
+    assert failover.headers["x-tiergate-pool"] == "cpu"
+    assert (again.headers["x-tiergate-pool"], again.headers["x-tiergate-cache"]) == ("gpu", "miss")
+    # cpu's answer was kept under cpu's variant: a tier whose primary is cpu finds it.
+    assert (standard.headers["x-tiergate-pool"], standard.headers["x-tiergate-cache"]) == ("cpu", "hit")
+
+
 def test_cache_ttl_and_byte_bound():
     now = [0.0]
     cache = ResponseCache(ttl_s=10, max_bytes=100, clock=lambda: now[0])
