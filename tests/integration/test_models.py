@@ -96,6 +96,7 @@ def test_sentiment_through_both_apis(stack, triton_client):
             answer = client.post("/predictions/sentiment", json={"text": text})
             assert answer.status_code == 200, answer.text
             assert answer.json()["label"] == label
+            assert len(answer.headers.get_list("x-request-id")) == 1  # Ray Serve's ingress sets it, nobody else
             assert set(answer.json()["probabilities"]) == {"negative", "positive"}
     body = triton.InferInput("body", [1], "BYTES")
     body.set_data_from_numpy(np.array([orjson.dumps({"text": TEXTS["positive"]})], dtype=object))
