@@ -7,8 +7,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..errors import GatewayError, bad_request
 
 # Open Inference datatypes with a fixed-size little-endian encoding (BYTES are length-prefixed).

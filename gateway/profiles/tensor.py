@@ -13,7 +13,15 @@ import orjson
 from ..config import ShadowCompare, TensorModel
 from ..errors import GatewayError, bad_request
 from ..v2_codec import JSON_CONTENT_TYPES, parse_infer_request, tensors_from_answer
-from .base import Comparison, PoolBody, RowCountMismatch, Tensor, TensorSchema, infer_request_schema, infer_response_schema
+from .base import (
+    Comparison,
+    PoolBody,
+    RowCountMismatch,
+    Tensor,
+    TensorSchema,
+    infer_request_schema,
+    infer_response_schema,
+)
 from .numeric import compare_numbers
 
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 import httpx
 import orjson
-from starlette.requests import Request
-
 import yaml
+from starlette.requests import Request
 
 from gateway.cli import default_config
 from gateway.config import parse_config

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from gateway.profiles import image_classifier
 from gateway.auth import digest
+from gateway.profiles import image_classifier
 
 from .harness import Gateway, assert_client_fault_answer
 from .inputs import (

@@ -15,8 +15,8 @@ import tritonclient.http as triton
 from PIL import Image
 
 from gateway import metrics
-from gateway.profiles import image_classifier
 from gateway.auth import digest
+from gateway.profiles import image_classifier
 from torchserve_backend import handler
 
 from .fakes import by_pool, gateway, jpeg
