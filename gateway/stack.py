@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,7 @@ from .metrics import SUPERVISOR_METRICS_FILE
 from .pool_keeper import PoolKeeper, write_restart_metrics
 
 READY_TIMEOUT_S = 600.0
-# How long stopping lets accepted requests finish before Serve is shut down regardless
+# How long stopping lets accepted requests finish before Ray is shut down regardless
 # (the longest tier deadline of the bundled config is 30 s; most calls take well under 1 s).
 DRAIN_TIMEOUT_S = 20.0
 
@@ -81,9 +82,7 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
     # An HAProxy of a crashed run of this stack (its files are this stack's) would hold the port.
     stop_processes(lambda: haproxy_pids(paths.haproxy), grace_s=1.0)
     stop, reload = threading.Event(), threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    _handle_signals(stop, reload)
 
     started = time.monotonic()
     keepers: list[PoolKeeper] = []
@@ -117,6 +116,9 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
             keepers.append(keeper)
         announce(f"started {len(keepers)} TorchServe pool(s); starting Ray Serve")
         _start_gateway(config, paths)
+        # Ray's core worker, started by ray.init, installs its own SIGTERM handler (it logs a
+        # stack trace and dies, skipping the drain below): ours goes back on top.
+        _handle_signals(stop, reload)
         for keeper in keepers:
             keeper.wait_ready()
         _wait_gateway_ready(config)
@@ -141,11 +143,21 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
         return 1
     finally:
         stop.set()
+        began = time.monotonic()
         _stop_gateway(config, paths)
-        survivors = [pid for keeper in keepers for pid in keeper.stop()]
+        with ThreadPoolExecutor(max(1, len(keepers))) as executor:
+            survivors = [pid for left in executor.map(PoolKeeper.stop, keepers) for pid in left]
         paths.state.unlink(missing_ok=True)
         if survivors:
             announce(f"processes {survivors} survived SIGKILL")
+        else:
+            announce(f"stopped in {time.monotonic() - began:.1f}s")
+
+
+def _handle_signals(stop: threading.Event, reload: threading.Event) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
 
 
 def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
@@ -236,17 +248,28 @@ def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, s
 
 
 def _stop_gateway(config: GatewayConfig, paths: StatePaths) -> None:
+    """Drain, then stop the local Ray cluster and everything Serve runs on it.
+
+    With HAProxy drained, no accepted request is left and the replicas have nothing to
+    finish, so Serve's own shutdown is skipped: it stops deployments one graceful step at a
+    time ("Controller failed to shut down within 30.0s"). ray.shutdown() stops the cluster
+    this process started (GCS, raylet, and with the raylet every worker).
+    """
     import ray
 
-    if ray.is_initialized():
-        from ray import serve
+    if not ray.is_initialized():
+        return
+    try:
+        if config.ingress == "haproxy":
+            drain_haproxy(paths.haproxy, DRAIN_TIMEOUT_S)
+        else:
+            from ray import serve
 
-        try:
-            if config.ingress == "haproxy":
-                drain_haproxy(paths.haproxy, DRAIN_TIMEOUT_S)
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+            serve.shutdown()  # Serve's own proxy drains as it stops
+    finally:
+        ray.shutdown(wait_for_processes=True)
+        # HAProxy can outlive the actor that ran it (a crashed run's held the port for seconds).
+        stop_processes(lambda: haproxy_pids(paths.haproxy), grace_s=1.0)
 
 
 def drain_haproxy(haproxy_dir: Path, timeout_s: float) -> None:
