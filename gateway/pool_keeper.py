@@ -20,7 +20,8 @@ from torchserve_backend.launcher import PoolProcess, PoolStartError
 
 RESTART_BACKOFF_BASE_S = 1.0
 RESTART_BACKOFF_CAP_S = 30.0
-# A pool that served this long before dying is restarted at once again, as after a first death.
+# A pool that served this long before dying is restarted at once again, as after a first death
+# (one that never came up keeps backing off).
 STABLE_AFTER_S = 60.0
 # Pools hold no accepted request by the time they are stopped (restart: the pool is dead;
 # stop: the gateway has drained); this is only the frontend's own shutdown.
@@ -52,7 +53,7 @@ class PoolKeeper:
         self._announce = announce
         self._lock = threading.Lock()  # one start or stop of the process at a time
         self._restarting = False
-        self._ready_at = time.monotonic()
+        self._ready_at: float | None = None  # since the process last came up; None while it has not
         self._deaths_in_a_row = 0
 
     @property
@@ -71,9 +72,10 @@ class PoolKeeper:
         """From the supervisor's loop: a dead pool is restarted in the background."""
         if self._restarting or self._stop.is_set() or self.process.running:
             return
-        if time.monotonic() - self._ready_at >= STABLE_AFTER_S:
+        if self._ready_at is not None and time.monotonic() - self._ready_at >= STABLE_AFTER_S:
             self._deaths_in_a_row = 0
         self._deaths_in_a_row += 1
+        self._ready_at = None
         self._restarting = True
         threading.Thread(target=self._restart, name=f"restart-{self.name}", daemon=True).start()
 
@@ -90,19 +92,23 @@ class PoolKeeper:
                     return
                 self.process.start()
                 self.restarts += 1
-            self._changed()
-            try:
-                self.wait_ready()
-            except PoolStartError as exc:
-                if not self._stop.is_set():
-                    self._announce(f"pool {self.name} failed to restart: {exc}")
-                    with self._lock:  # a half-started pool must not pass for a running one
-                        self.process.stop(POOL_STOP_GRACE_S)
-                return
-            self._changed()
-            self._announce(f"pool {self.name} is serving again ({self.backend})")
+            serves = self._serves()
+            self._changed()  # the state names the new process once it serves, or has failed to
+            if serves:
+                self._announce(f"pool {self.name} is serving again ({self.backend})")
         finally:
             self._restarting = False
+
+    def _serves(self) -> bool:
+        try:
+            self.wait_ready()
+        except PoolStartError as exc:
+            if not self._stop.is_set():
+                self._announce(f"pool {self.name} failed to restart: {exc}")
+                with self._lock:  # a half-started pool must not pass for a running one
+                    self.process.stop(POOL_STOP_GRACE_S)
+            return False
+        return True
 
     def stop(self) -> list[int]:
         """Stop the pool for good (the supervisor's stop event is set); return survivors."""

@@ -36,6 +36,7 @@ class DyingPool:
 
 def test_a_pool_that_keeps_dying_is_restarted_with_growing_delays_and_each_restart_counted(monkeypatch):
     monkeypatch.setattr(pool_keeper, "RESTART_BACKOFF_BASE_S", 0.1)
+    monkeypatch.setattr(pool_keeper, "STABLE_AFTER_S", 0.3)  # never reached: the pool never came up
     process, stop, changes = DyingPool(), threading.Event(), []
     keeper = PoolKeeper(process, stop, lambda: changes.append(keeper.restarts), lambda line: None)
     deadline = time.monotonic() + 2.0
