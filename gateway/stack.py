@@ -26,7 +26,7 @@ from typing import Callable
 import httpx
 
 from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError
-from torchserve_backend.processes import alive, stop_group, stop_processes
+from torchserve_backend.processes import alive, processes_with_env, stop_group, stop_processes
 
 from .config import GatewayConfig, load_config
 from .metrics import SUPERVISOR_METRICS_FILE
@@ -36,6 +36,10 @@ READY_TIMEOUT_S = 600.0
 # How long stopping lets accepted requests finish before Ray is shut down regardless
 # (the longest tier deadline of the bundled config is 30 s; most calls take well under 1 s).
 DRAIN_TIMEOUT_S = 20.0
+# Every process of the stack inherits this variable naming the stack's state dir: how `up` and
+# `down` find what a crashed run left (TorchServe outlives its wrapper, Ray's agents their
+# raylet, HAProxy its actor).
+STACK_ENV = "TIERGATE_STACK_DIR"
 
 
 class StackError(RuntimeError):
@@ -79,8 +83,8 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.state.exists() and _alive(json.loads(paths.state.read_text()).get("supervisor_pid")):
         raise StackError(f"a stack is already running from {paths.root}; run `tiergate down` first")
-    # An HAProxy of a crashed run of this stack (its files are this stack's) would hold the port.
-    stop_processes(lambda: haproxy_pids(paths.haproxy), grace_s=1.0)
+    _stop_leftovers(paths)  # a crashed run's would hold the ports
+    os.environ[STACK_ENV] = str(paths.root)
     stop, reload = threading.Event(), threading.Event()
     _handle_signals(stop, reload)
 
@@ -147,11 +151,18 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
         _stop_gateway(config, paths)
         with ThreadPoolExecutor(max(1, len(keepers))) as executor:
             survivors = [pid for left in executor.map(PoolKeeper.stop, keepers) for pid in left]
+        survivors += _stop_leftovers(paths)
         paths.state.unlink(missing_ok=True)
         if survivors:
             announce(f"processes {survivors} survived SIGKILL")
         else:
             announce(f"stopped in {time.monotonic() - began:.1f}s")
+
+
+def _stop_leftovers(paths: StatePaths) -> list[int]:
+    """Stop every process of this stack but this one; return what survived."""
+    ours = str(paths.root)
+    return stop_processes(lambda: [pid for pid in processes_with_env(STACK_ENV, ours) if pid != os.getpid()], 2.0)
 
 
 def _handle_signals(stop: threading.Event, reload: threading.Event) -> None:
@@ -268,8 +279,6 @@ def _stop_gateway(config: GatewayConfig, paths: StatePaths) -> None:
             serve.shutdown()  # Serve's own proxy drains as it stops
     finally:
         ray.shutdown(wait_for_processes=True)
-        # HAProxy can outlive the actor that ran it (a crashed run's held the port for seconds).
-        stop_processes(lambda: haproxy_pids(paths.haproxy), grace_s=1.0)
 
 
 def drain_haproxy(haproxy_dir: Path, timeout_s: float) -> None:
@@ -404,6 +413,7 @@ def stop_stack(state_dir: Path, grace_s: float = 60.0) -> bool:
     survivors = stop_group(supervisor, 5.0)
     for pool in state["pools"]:  # a dead wrapper's frontend and workers are still in its group
         survivors += stop_group(pool["group"], 5.0)
+    survivors += _stop_leftovers(paths)  # what a supervisor that died could not stop
     paths.state.unlink(missing_ok=True)
     if survivors:
         raise StackError(f"processes {survivors} of the stack survived SIGKILL")

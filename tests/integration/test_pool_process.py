@@ -2,7 +2,8 @@
 
 `kill -9` of the pid `tiergate status` reports kills TorchServe's Python wrapper only; its
 Java frontend and worker outlive it and keep the pool's ports and pid file. The supervisor
-must stop them, start the pool again once (no restart loop) and count the restart; a later
+must stop them, start the pool again once (no restart loop) and count the restart; it must
+also notice a frontend that died under a wrapper that did not exit; and a later
 `tiergate up` must not trip over what a crashed run left.
 
 Killing pools and supervisors would take the session stack from the other tests, so the
@@ -59,6 +60,13 @@ def test_a_killed_pool_process_is_replaced_whole_once_and_counted(outcome):
     assert killed["restart_lines"] == 1
 
 
+def test_a_pool_whose_frontend_died_under_a_live_wrapper_is_restarted(outcome):
+    frontend = outcome["frontend_died"]
+    assert frontend["serving_again_after_s"] is not None, "the pool never served again"
+    assert frontend["old_group_left"] == []  # the stopped wrapper too
+    assert frontend["status_restarts"] == 1
+
+
 def test_what_a_crashed_run_left_does_not_block_up(outcome):
     crashed = outcome["crashed"]
     assert crashed["left_by_crash"], "the crash should have left the pools' processes behind"
@@ -96,16 +104,9 @@ def kill_and_crash(state_dir: Path, tag: str) -> dict:
     gpu = pool(status(), "gpu")
     old_group = group_members(gpu["pid"])  # the wrapper leads its group
     os.kill(gpu["pid"], signal.SIGKILL)  # the wrapper only, as `kill -9 PID` does
-    killed_at = time.monotonic()
-    serving_again_after_s = None
-    with httpx.Client(base_url=url, trust_env=False, timeout=30.0) as client:
-        while time.monotonic() - killed_at < RECOVERY_TIMEOUT_S:
-            if served_by(client, "premium") == "gpu":
-                serving_again_after_s = round(time.monotonic() - killed_at, 1)
-                break
-            time.sleep(1)
-        time.sleep(QUIET_S)
-        metrics = client.get("/metrics").text
+    serving_again_after_s = wait_served(url, "premium", "gpu")
+    time.sleep(QUIET_S)
+    metrics = httpx.get(url + "/metrics", trust_env=False, timeout=30.0).text
     killed = {
         "old_group": old_group,
         "serving_again_after_s": serving_again_after_s,
@@ -114,6 +115,15 @@ def kill_and_crash(state_dir: Path, tag: str) -> dict:
         "metrics_restarts": sample(metrics, 'tiergate_pool_restarts_total{pool="gpu"}'),
         "restart_lines": (state_dir / "supervisor.log").read_text().count("pool gpu exited"),
     }
+
+    # The CPU pool's Java frontend dies while its wrapper, stopped, cannot notice and exit.
+    cpu = pool(status(), "cpu")
+    cpu_group = group_members(cpu["pid"])
+    os.kill(cpu["pid"], signal.SIGSTOP)
+    os.kill(next(pid for pid in cpu_group if command(pid).startswith("java")), signal.SIGKILL)
+    frontend_died = {"serving_again_after_s": wait_served(url, "standard", "cpu")}
+    frontend_died["old_group_left"] = [pid for pid in cpu_group if alive(pid)]
+    frontend_died["status_restarts"] = pool(status(), "cpu").get("restarts")
 
     # A crash: the supervisor and a pool's wrapper die at once. Ray goes with the supervisor
     # (it shares its fate); TorchServe's frontends and workers stay, with their pid files.
@@ -133,7 +143,7 @@ def kill_and_crash(state_dir: Path, tag: str) -> dict:
         "premium_served_by": premium,
     }
     tiergate("down", "--state-dir", str(state_dir), check=False)
-    return {"killed": killed, "crashed": crashed, "left_after_down": stack_processes(tag)}
+    return {"killed": killed, "frontend_died": frontend_died, "crashed": crashed, "left_after_down": stack_processes(tag)}
 
 
 def resnet18_stack_config() -> dict:
@@ -147,6 +157,21 @@ def resnet18_stack_config() -> dict:
 
 def pool(status: dict, name: str) -> dict:
     return next(pool for pool in status["pools"] if pool["name"] == name)
+
+
+def wait_served(url: str, tier: str, pool_name: str) -> float | None:
+    """Seconds until the pool answers the tier's real inference again; None if it never does."""
+    began = time.monotonic()
+    with httpx.Client(base_url=url, trust_env=False, timeout=30.0) as client:
+        while time.monotonic() - began < RECOVERY_TIMEOUT_S:
+            if served_by(client, tier) == pool_name:
+                return round(time.monotonic() - began, 1)
+            time.sleep(1)
+    return None
+
+
+def command(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
 
 
 def served_by(client: httpx.Client, tier: str) -> str | None:
