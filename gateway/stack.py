@@ -464,7 +464,16 @@ def _probe(client: httpx.Client, url: str) -> bool:
 
 
 def _alive(pid: int | None) -> bool:
-    return bool(pid) and alive(pid)
+    """Running or not yet reaped: `down` returns once the supervisor is gone from /proc."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tail(path: Path, lines: int = 40) -> str:
