@@ -122,7 +122,10 @@ def _state_dir(parser: argparse.ArgumentParser) -> None:
 def _print_status(state: dict) -> None:
     print(f"gateway: {state.get('gateway_url', '-')} ({state['state']})")
     for pool in state["pools"]:
-        print(f"  pool {pool['name']}: {pool['inference_url']} backend={pool['backend']} pid={pool['pid']} {pool['state']}")
+        print(
+            f"  pool {pool['name']}: {pool['inference_url']} backend={pool['backend']} pid={pool['pid']}"
+            f" restarts={pool['restarts']} {pool['state']}"
+        )
 
 
 if __name__ == "__main__":

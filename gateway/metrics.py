@@ -8,6 +8,7 @@ With several replicas in one pod, PROMETHEUS_MULTIPROC_DIR makes them share one 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +20,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 # Inference latencies: from a ~1 ms cache hit to a 30 s batch deadline.
 LATENCY_BUCKETS = (
@@ -102,11 +104,31 @@ BREAKER_STATE = Gauge(
 )
 
 
+# The local stack's supervisor, not one of the gateway's processes, writes its counters (pool
+# restarts) as a Prometheus text file in the replicas' shared dir (gateway/pool_keeper.py).
+SUPERVISOR_METRICS_FILE = "supervisor.prom"
+
+
+class TextfileCollector:
+    """The metrics of a Prometheus text file, as of the last time it was written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self):
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:  # no local supervisor (KubeRay), or not written yet
+            return
+        yield from text_string_to_metric_families(text)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text for /metrics, merged across replicas when they share a dir."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(TextfileCollector(Path(directory) / SUPERVISOR_METRICS_FILE))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

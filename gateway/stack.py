@@ -19,19 +19,27 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import httpx
 
-from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError, stop_group
+from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError
+from torchserve_backend.processes import alive, processes_with_env, stop_group, stop_processes
 
 from .config import GatewayConfig, load_config
+from .metrics import SUPERVISOR_METRICS_FILE
+from .pool_keeper import PoolKeeper, write_restart_metrics
 
 READY_TIMEOUT_S = 600.0
-# How long stopping lets accepted requests finish before Serve is shut down regardless
+# How long stopping lets accepted requests finish before Ray is shut down regardless
 # (the longest tier deadline of the bundled config is 30 s; most calls take well under 1 s).
 DRAIN_TIMEOUT_S = 20.0
+# Every process of the stack inherits this variable naming the stack's state dir: how `up` and
+# `down` find what a crashed run left (TorchServe outlives its wrapper, Ray's agents their
+# raylet, HAProxy its actor).
+STACK_ENV = "TIERGATE_STACK_DIR"
 
 
 class StackError(RuntimeError):
@@ -75,13 +83,23 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.state.exists() and _alive(json.loads(paths.state.read_text()).get("supervisor_pid")):
         raise StackError(f"a stack is already running from {paths.root}; run `tiergate down` first")
+    _stop_leftovers(paths)  # a crashed run's would hold the ports
+    os.environ[STACK_ENV] = str(paths.root)
     stop, reload = threading.Event(), threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    _handle_signals(stop, reload)
 
     started = time.monotonic()
-    pools: list[PoolProcess] = []
+    keepers: list[PoolKeeper] = []
+    reloads, reload_error, ready_after = 0, None, 0.0
+    persisting = threading.Lock()  # restarts persist from their own threads
+
+    def persist() -> None:
+        with persisting:
+            if stop.is_set():  # the state file goes away with the stack
+                return
+            _write_state(paths, config_path, config, keepers, ready_after, reloads, reload_error)
+            write_restart_metrics(paths.metrics / SUPERVISOR_METRICS_FILE, keepers)
+
     try:
         announce("building model artifacts (skipped when up to date)")
         build_artifacts(config)
@@ -97,72 +115,60 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
                     workdir=paths.pools / name,
                 )
             )
-            process.start()
-            pools.append(process)
-        announce(f"started {len(pools)} TorchServe pool(s); starting Ray Serve")
+            keeper = PoolKeeper(process, stop, persist, announce)
+            keeper.start()
+            keepers.append(keeper)
+        announce(f"started {len(keepers)} TorchServe pool(s); starting Ray Serve")
         _start_gateway(config, paths)
-        backends = {process.spec.name: process.wait_ready() for process in pools}
+        # Ray's core worker, started by ray.init, installs its own SIGTERM handler (it logs a
+        # stack trace and dies, skipping the drain below): ours goes back on top.
+        _handle_signals(stop, reload)
+        for keeper in keepers:
+            keeper.wait_ready()
         _wait_gateway_ready(config)
         ready_after = time.monotonic() - started
 
-        reloads, reload_error = 0, None
-
-        def persist() -> None:
-            _write_state(paths, config_path, config, pools, backends, ready_after, reloads, reload_error)
-
         persist()
         announce(f"tiergate ready in {ready_after:.1f}s at {gateway_url(config)}")
-        for process in pools:
-            announce(f"  pool {process.spec.name}: {process.spec.inference_url} ({backends[process.spec.name]})")
-        restarting: set[str] = set()
+        for keeper in keepers:
+            announce(f"  pool {keeper.name}: {keeper.process.spec.inference_url} ({keeper.backend})")
         while not stop.wait(0.2):
             if reload.is_set():
                 reload.clear()
                 reloads += 1
                 reload_error = _reload_gateway(config_path, announce)
                 persist()
-            _restart_exited_pools(pools, restarting, backends, persist, announce, stop)
+            for keeper in keepers:
+                keeper.check()
         announce("stopping")
         return 0
     except (PoolStartError, StackError) as exc:
         announce(f"tiergate failed to start: {exc}")
         return 1
     finally:
+        stop.set()
+        began = time.monotonic()
         _stop_gateway(config, paths)
-        for process in pools:
-            process.stop()
+        with ThreadPoolExecutor(max(1, len(keepers))) as executor:
+            survivors = [pid for left in executor.map(PoolKeeper.stop, keepers) for pid in left]
+        survivors += _stop_leftovers(paths)
         paths.state.unlink(missing_ok=True)
+        if survivors:
+            announce(f"processes {survivors} survived SIGKILL")
+        else:
+            announce(f"stopped in {time.monotonic() - began:.1f}s")
 
 
-def _restart_exited_pools(
-    pools: list[PoolProcess],
-    restarting: set[str],
-    backends: dict[str, str],
-    persist: Callable[[], None],
-    announce: Callable[[str], None],
-    stop: threading.Event,
-) -> None:
-    """Like a process manager: a pool that died is started again, in the background."""
-    for process in pools:
-        name = process.spec.name
-        if process.running or name in restarting or stop.is_set():
-            continue
-        restarting.add(name)
-        announce(f"pool {name} exited; restarting it")
+def _stop_leftovers(paths: StatePaths) -> list[int]:
+    """Stop every process of this stack but this one; return what survived."""
+    ours = str(paths.root)
+    return stop_processes(lambda: [pid for pid in processes_with_env(STACK_ENV, ours) if pid != os.getpid()], 2.0)
 
-        def restart(process: PoolProcess = process, name: str = name) -> None:
-            try:
-                process.start()
-                backends[name] = process.wait_ready()
-                persist()
-                announce(f"pool {name} is serving again ({backends[name]})")
-            except PoolStartError as exc:
-                announce(f"pool {name} failed to restart: {exc}")
-                stop.wait(5.0)  # back off before the next attempt
-            finally:
-                restarting.discard(name)
 
-        threading.Thread(target=restart, name=f"restart-{name}", daemon=True).start()
+def _handle_signals(stop: threading.Event, reload: threading.Event) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
 
 
 def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
@@ -253,17 +259,26 @@ def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, s
 
 
 def _stop_gateway(config: GatewayConfig, paths: StatePaths) -> None:
+    """Drain, then stop the local Ray cluster and everything Serve runs on it.
+
+    With HAProxy drained, no accepted request is left and the replicas have nothing to
+    finish, so Serve's own shutdown is skipped: it stops deployments one graceful step at a
+    time ("Controller failed to shut down within 30.0s"). ray.shutdown() stops the cluster
+    this process started (GCS, raylet, and with the raylet every worker).
+    """
     import ray
 
-    if ray.is_initialized():
-        from ray import serve
+    if not ray.is_initialized():
+        return
+    try:
+        if config.ingress == "haproxy":
+            drain_haproxy(paths.haproxy, DRAIN_TIMEOUT_S)
+        else:
+            from ray import serve
 
-        try:
-            if config.ingress == "haproxy":
-                drain_haproxy(paths.haproxy, DRAIN_TIMEOUT_S)
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+            serve.shutdown()  # Serve's own proxy drains as it stops
+    finally:
+        ray.shutdown(wait_for_processes=True)
 
 
 def drain_haproxy(haproxy_dir: Path, timeout_s: float) -> None:
@@ -278,7 +293,7 @@ def drain_haproxy(haproxy_dir: Path, timeout_s: float) -> None:
     signalled: set[int] = set()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        running = {pid for pid in haproxy_pids(haproxy_dir) if _running(pid)}
+        running = {pid for pid in haproxy_pids(haproxy_dir) if alive(pid)}
         if not running:
             return
         for pid in running - signalled:
@@ -306,14 +321,6 @@ def haproxy_pids(haproxy_dir: Path) -> list[int]:
     return pids
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting for its parent to reap it."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_gateway_ready(config: GatewayConfig, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer"
@@ -334,8 +341,7 @@ def _write_state(
     paths: StatePaths,
     config_path: Path,
     config: GatewayConfig,
-    pools: list[PoolProcess],
-    backends: dict[str, str],
+    keepers: list[PoolKeeper],
     ready_after: float,
     reloads: int,
     reload_error: str | None,
@@ -349,13 +355,16 @@ def _write_state(
         "ready_after_s": round(ready_after, 2),
         "pools": [
             {
-                "name": process.spec.name,
-                "inference_url": process.spec.inference_url,
-                "metrics_url": process.spec.metrics_url,
-                "backend": backends[process.spec.name],
-                "pid": process.pid,
+                "name": keeper.name,
+                "inference_url": keeper.process.spec.inference_url,
+                "metrics_url": keeper.process.spec.metrics_url,
+                "backend": keeper.backend,
+                "pid": keeper.process.pid,
+                # What stops the pool when its wrapper (pid) is dead and its frontend is not.
+                "group": keeper.process.group,
+                "restarts": keeper.restarts,
             }
-            for process in pools
+            for keeper in keepers
         ],
     }
     tmp = paths.state.with_suffix(".tmp")
@@ -400,12 +409,14 @@ def stop_stack(state_dir: Path, grace_s: float = 60.0) -> bool:
         os.kill(supervisor, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while _alive(supervisor) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    stop_group(supervisor, 5.0)
-    for pool in state["pools"]:
-        if _alive(pool["pid"]):
-            stop_group(pool["pid"], 15.0)
+            time.sleep(0.1)
+    survivors = stop_group(supervisor, 5.0)
+    for pool in state["pools"]:  # a dead wrapper's frontend and workers are still in its group
+        survivors += stop_group(pool["group"], 5.0)
+    survivors += _stop_leftovers(paths)  # what a supervisor that died could not stop
     paths.state.unlink(missing_ok=True)
+    if survivors:
+        raise StackError(f"processes {survivors} of the stack survived SIGKILL")
     return True
 
 
@@ -453,6 +464,7 @@ def _probe(client: httpx.Client, url: str) -> bool:
 
 
 def _alive(pid: int | None) -> bool:
+    """Running or not yet reaped: `down` returns once the supervisor is gone from /proc."""
     if not pid:
         return False
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,15 @@ import httpx
 
 from gateway.config import LocalLaunch
 
+from .processes import alive, processes_with_env, stop_group, stop_processes
+
 LOG_FILES = ("ts_log.log", "model_log.log")
+# Every process of a pool (wrapper, Java frontend, workers) inherits this variable naming the
+# pool's workdir: how a start finds what a crashed run of the same pool left behind.
+POOL_ENV = "TIERGATE_POOL_DIR"
+# Where TorchServe 0.12's wrapper records its Java frontend's pid: tempfile.gettempdir(),
+# the pool's TMPDIR. A live TorchServe named there makes the next `torchserve --start` exit.
+PID_FILE = ".model_server.pid"
 
 
 class PoolStartError(RuntimeError):
@@ -60,18 +67,38 @@ class PoolProcess:
         return self._process.pid if self._process else None
 
     @property
+    def group(self) -> int | None:
+        """The process group the wrapper leads: it outlives the wrapper while the frontend lives."""
+        return self.pid
+
+    @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        """The wrapper lives, and so does its Java frontend once the wrapper has named it."""
+        if self._process is None or self._process.poll() is not None:
+            return False
+        frontend = self._frontend_pid()
+        return frontend is None or alive(frontend)
+
+    def _frontend_pid(self) -> int | None:
+        try:
+            return int((self.spec.workdir / "tmp" / PID_FILE).read_text())
+        except (OSError, ValueError):  # not written yet (or half written)
+            return None
 
     def start(self) -> None:
         spec = self.spec
         dirs = {key: spec.workdir / key for key in ("tmp", "logs", "metrics")}
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
+        # What an earlier run of this pool left (its ports, its pid file) must not block this one.
+        marker = str(spec.workdir.resolve())
+        stop_processes(lambda: processes_with_env(POOL_ENV, marker), grace_s=5.0)
+        (dirs["tmp"] / PID_FILE).unlink(missing_ok=True)
         config_file = spec.workdir / "config.properties"
         config_file.write_text(render_properties(spec))
         env = {
             **os.environ,
+            POOL_ENV: marker,
             "TMPDIR": str(dirs["tmp"]),
             # TorchServe names its worker sockets <java.io.tmpdir>/.ts.sock.<port>, ports
             # counting from 9000 in every instance: without this, pools on one machine
@@ -126,11 +153,13 @@ class PoolProcess:
             time.sleep(0.5)
         raise PoolStartError(self._failure(f"model {model!r} not ready after {timeout_s:.0f}s"))
 
-    def stop(self, grace_s: float = 15.0) -> None:
-        if not self.running:
-            return
-        stop_group(self._process.pid, grace_s)
-        self._process.wait(timeout=5)
+    def stop(self, grace_s: float = 15.0) -> list[int]:
+        """Stop the pool's whole group, also when the wrapper is already dead; return survivors."""
+        if self._process is None:
+            return []
+        survivors = stop_group(self._process.pid, grace_s)
+        self._process.wait(timeout=5)  # reap the wrapper
+        return survivors
 
     def log_tail(self, lines: int = 30) -> str:
         chunks = []
@@ -176,25 +205,6 @@ def render_properties(spec: PoolSpec) -> str:
         queue_size=launch.queue_size,
         java_heap_mb=launch.java_heap_mb,
     )
-
-
-def stop_group(pid: int, grace_s: float) -> None:
-    """SIGTERM a process group we started, then SIGKILL whatever is left after grace."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def probe_image() -> bytes:

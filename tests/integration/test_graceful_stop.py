@@ -2,7 +2,8 @@
 
 Every request either completes with 200 or is refused before it is accepted (connection
 refused): never a 5xx, and never a reset after acceptance. And the gateway's own access
-log agrees: every request it answered reached its client.
+log agrees: every request it answered reached its client. It all takes seconds, and no
+process of the stack is left: TorchServe's, Ray's or HAProxy.
 
 Stopping a stack would take the session stack from the other tests, so the scenario starts
 a stack of its own in a nested network namespace: run as a module, this file is that
@@ -27,9 +28,13 @@ from gateway.stack import drain_haproxy, haproxy_pids
 
 from .conftest import REPO, stack_config, tiergate
 from .images import distinct_pngs
+from .stack_processes import stack_processes, tag_this_process
 
 PREDICT = "/predictions/resnet18"
 TIERS = ("premium", "standard", "batch")
+# Draining takes as long as the longest request in flight (well under 1 s here), Ray and the
+# pools ~5 s more; this leaves room for a busy machine.
+DOWN_BOUND_S = 15.0
 
 
 # A stand-in HAProxy: named haproxy, finishing its work for a second after SIGUSR1.
@@ -75,7 +80,7 @@ def test_down_under_load_loses_no_accepted_request(tmp_path):
 
     assert set(kinds) <= {"200", "refused"}, kinds
     assert during_stop["200"] and during_stop["refused"]  # it drained under load, then refused
-    assert outcome["down_returncode"] == 0 and outcome["down_s"] < 60
+    assert outcome["down_returncode"] == 0 and outcome["down_s"] < DOWN_BOUND_S
     assert outcome["left_running"] == []
     received = {request_id for request_id, _, kind in outcome["requests"] if kind == "200"}
     answered = outcome["answered_by_gateway"]
@@ -84,14 +89,14 @@ def test_down_under_load_loses_no_accepted_request(tmp_path):
 
 
 def scenario(state_dir: Path) -> dict:
+    tag = tag_this_process()
     config = stack_config(coalesce=False)
     config_file = state_dir / "tiergate.yaml"
     config_file.write_text(yaml.safe_dump(config))
     up = tiergate("up", "--detach", "--config", str(config_file), "--state-dir", str(state_dir), check=False)
     if up.returncode != 0:
         raise SystemExit(f"tiergate up failed:\n{up.stdout}\n{up.stderr}")
-    status = json.loads(tiergate("status", "--json", "--state-dir", str(state_dir)).stdout)
-    supervisor, pools = status["supervisor_pid"], [pool["pid"] for pool in status["pools"]]
+    supervisor = json.loads(tiergate("status", "--json", "--state-dir", str(state_dir)).stdout)["supervisor_pid"]
 
     url = f"http://127.0.0.1:{config['port']}{PREDICT}"
     requests: list[tuple[str, float, str]] = []  # (request id, sent at, outcome)
@@ -125,6 +130,7 @@ def scenario(state_dir: Path) -> dict:
     down_began = time.monotonic()
     down = tiergate("down", "--state-dir", str(state_dir), check=False)
     down_s = time.monotonic() - down_began
+    left_running = stack_processes(tag)
     time.sleep(1)
     stop.set()
     for thread in threads:
@@ -133,7 +139,7 @@ def scenario(state_dir: Path) -> dict:
         "down_began": down_began,
         "down_s": round(down_s, 1),
         "down_returncode": down.returncode,
-        "left_running": [pid for pid in [supervisor, *pools] if Path(f"/proc/{pid}").exists()],
+        "left_running": left_running,
         "requests": requests,
         "answered_by_gateway": gateway_answers(supervisor, "stop-"),
     }
