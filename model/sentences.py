@@ -22,8 +22,11 @@ NEGATIVE_ADJECTIVES = (
     "bad", "terrible", "awful", "horrible", "boring", "dreadful", "poor", "disappointing",
     "mediocre", "painful", "dull", "weak", "annoying", "unpleasant", "lousy",
 )  # fmt: skip
-POSITIVE_VERBS = ("loved", "enjoyed", "liked", "adored", "admired", "appreciated")
-NEGATIVE_VERBS = ("hated", "disliked", "regretted", "loathed", "despised", "resented")
+# (base form, past tense): "i did not enjoy", "i enjoyed"
+POSITIVE_VERBS = (("love", "loved"), ("enjoy", "enjoyed"), ("like", "liked"), ("adore", "adored"),
+                  ("admire", "admired"), ("appreciate", "appreciated"))  # fmt: skip
+NEGATIVE_VERBS = (("hate", "hated"), ("dislike", "disliked"), ("regret", "regretted"), ("loathe", "loathed"),
+                  ("despise", "despised"), ("resent", "resented"))  # fmt: skip
 INTENSIFIERS = ("very", "really", "truly", "so", "extremely", "quite", "pretty")
 TRAIN_NOUNS = (
     "movie", "film", "book", "meal", "service", "hotel", "show", "album", "game", "phone",
@@ -31,7 +34,8 @@ TRAIN_NOUNS = (
 )  # fmt: skip
 HELD_OUT_NOUNS = ("story", "product", "app", "course", "flight", "camera")
 
-# {adj}/{verb} carry the sentiment; a template marked negated flips it.
+# {adj}/{verb}/{base} (a verb's past tense or base form) carry the sentiment; a template marked
+# negated flips it.
 TRAIN_TEMPLATES = (
     ("the {noun} was {adj}", False),
     ("the {noun} was {int} {adj}", False),
@@ -44,7 +48,7 @@ TRAIN_TEMPLATES = (
     ("honestly the {noun} is {int} {adj}", False),
     ("the {noun} was not {adj}", True),
     ("this {noun} is not {int} {adj}", True),
-    ("i did not {verb} the {noun}", True),
+    ("i did not {base} the {noun}", True),
     ("nobody {verb} this {noun}", True),
     ("the {noun} was never {adj}", True),
 )
@@ -53,7 +57,7 @@ HELD_OUT_TEMPLATES = (
     ("a {adj} {noun} overall", False),
     ("we {verb} that {noun}", False),
     ("my {noun} is not {adj}", True),
-    ("we did not {verb} our {noun}", True),
+    ("we did not {base} our {noun}", True),
     ("that {noun} was not {int} {adj} at all", True),
 )
 
@@ -66,8 +70,8 @@ class Sentence:
 
 def fill(template: str, negated: bool, sentiment: int, noun: str, rng: random.Random) -> Sentence:
     adjectives = POSITIVE_ADJECTIVES if sentiment == POSITIVE else NEGATIVE_ADJECTIVES
-    verbs = POSITIVE_VERBS if sentiment == POSITIVE else NEGATIVE_VERBS
-    text = template.format(noun=noun, adj=rng.choice(adjectives), verb=rng.choice(verbs), int=rng.choice(INTENSIFIERS))
+    base, past = rng.choice(POSITIVE_VERBS if sentiment == POSITIVE else NEGATIVE_VERBS)
+    text = template.format(noun=noun, adj=rng.choice(adjectives), verb=past, base=base, int=rng.choice(INTENSIFIERS))
     return Sentence(text, 1 - sentiment if negated else sentiment)
 
 

@@ -88,7 +88,7 @@ def test_digits_refuses_a_wrong_shape_with_400(pool):
 @pytest.mark.parametrize(
     "text, label",
     [("the movie was wonderful", "positive"), ("the film was not good at all", "negative"),
-     ("what a terrible hotel", "negative")],
+     ("I did not enjoy this meal", "negative"), ("what a terrible hotel", "negative")],
 )  # fmt: skip
 def test_sentiment_answers_label_and_probabilities(pool, text, label):
     client, _ = pool
