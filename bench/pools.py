@@ -38,7 +38,7 @@ def main() -> int:
                     concurrency, args.seconds))
                 best[pool] = max(best.get(pool, 0.0), result.rps)
                 print(result.row(), flush=True)
-    report = json.loads((Path(config["artifacts_dir"]) / "accuracy-report.json").read_text())
+    report = json.loads((Path(config["artifacts_dir"]) / "accuracy-report.json").read_text())["resnet18"]
     print(f"\nsaturation: int8 {best['cpu']:.1f} rps vs fp32 {best['gpu']:.1f} rps → ×{best['cpu'] / best['gpu']:.2f}")
     digits, photos = report["digits"], report["photos"]["int8_vs_fp32"]
     print(f"int8/fp32 top-1 agreement: digits model (trained here) {digits['top1_agreement']:.4f} "

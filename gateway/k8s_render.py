@@ -466,7 +466,7 @@ class _Cluster:
     def torchserve_properties(self, pool: _Pool) -> str:
         """The local stack's properties for this pool, with the listeners and auth of a pod."""
         local = render_properties(
-            PoolSpec(pool.name, tuple(self.config.pool_models(pool.name)), Path(str(MODEL_STORE)), pool.launch, Path("."))
+            PoolSpec.from_config(self.config, pool.name, Path(str(MODEL_STORE)), Path("."))
         )
         properties = dict(
             line.split("=", 1) for line in local.splitlines() if line and not line.startswith("#")

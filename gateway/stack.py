@@ -63,17 +63,19 @@ def gateway_url(config: GatewayConfig) -> str:
 
 
 def build_artifacts(config: GatewayConfig) -> None:
-    """Build every model's MARs unless they are up to date (the build decides).
+    """Build the MARs of every model with a `build:` recipe unless they are up to date (the build
+    decides); a model without one brings its own MAR.
 
     Stacks sharing an artifacts dir take turns: the second finds the first's build current.
     """
-    from model.build import build_models
+    from model.recipes import build_model
 
     config.artifacts_dir.mkdir(parents=True, exist_ok=True)
     with open(config.artifacts_dir / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for model in config.models:
-            build_models(config.artifacts_dir, arch=model)
+        for name, model in config.models.items():
+            if model.build is not None:
+                build_model(config.artifacts_dir, name, model.build, mar=model.mar)
 
 
 def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str], None] = print) -> int:
@@ -107,13 +109,7 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
             if pool.local is None:
                 continue
             process = PoolProcess(
-                PoolSpec(
-                    name=name,
-                    models=tuple(config.models),
-                    model_store=(config.artifacts_dir / "model-store").resolve(),
-                    launch=pool.local,
-                    workdir=paths.pools / name,
-                )
+                PoolSpec.from_config(config, name, (config.artifacts_dir / "model-store").resolve(), paths.pools / name)
             )
             keeper = PoolKeeper(process, stop, persist, announce)
             keeper.start()

@@ -1,8 +1,10 @@
-"""tiergate model building: fp32 / int8 / gpu variants packed as TorchServe MARs.
+"""tiergate model building: each model's MARs, built by the recipe its config names.
 
 Public API (also importable from the submodules named here):
 
-    build_models, BuildResult        model.build
+    build_model, RECIPES             model.recipes
+    BuildResult                      model.artifacts
+    build_models                     model.build (the resnet recipes)
     choose_gpu_backend               model.gpu
     run_digits_check, DigitsSettings model.digits
     AgreementError                   model.agreement
@@ -11,8 +13,10 @@ Public API (also importable from the submodules named here):
 import importlib
 
 _EXPORTS = {
+    "build_model": "model.recipes",
+    "RECIPES": "model.recipes",
+    "BuildResult": "model.artifacts",
     "build_models": "model.build",
-    "BuildResult": "model.build",
     "choose_gpu_backend": "model.gpu",
     "run_digits_check": "model.digits",
     "DigitsSettings": "model.digits",

@@ -1,120 +1,55 @@
-"""Build tiergate's model variants and their TorchServe MARs.
+"""The resnet recipes: torchvision's resnet18/resnet50 as fp32, int8 and gpu MARs.
 
     python -m model.build --arch resnet18 --out artifacts [--weights FILE] [--seed N] [--force] [--report]
 
-Produces, under --out:
+Produces, under --out (see model/artifacts.py for the layout):
 
-    model-store/<arch>-fp32.mar   fp32 reference (ExportedProgram)          -> backend cpu-fp32
-    model-store/<arch>-int8.mar   FX static int8 (TorchScript)              -> backend cpu-int8
-    model-store/<arch>-gpu.mar    TensorRT FP16 where CUDA+torch_tensorrt   -> tensorrt-fp16
+    model-store/<name>-fp32.mar   fp32 reference (ExportedProgram)          -> backend cpu-fp32
+    model-store/<name>-int8.mar   FX static int8 (TorchScript)              -> backend cpu-int8
+    model-store/<name>-gpu.mar    TensorRT FP16 where CUDA+torch_tensorrt   -> tensorrt-fp16
                                   existed at build time, else fp32 that the handler
                                   runs with inductor-cuda (CUDA host) or cpu-fp32
-    calibration/                  the images int8 calibration saw
-    accuracy-report.json          digits fp32/int8 accuracy + agreement, photo agreement, latency
-    build.json                    manifest: inputs hash, MAR paths, backends, report summary
+    models/<name>/calibration/    the images int8 calibration saw
+    models/<name>/accuracy-report.json  digits fp32/int8 accuracy + agreement, photo agreement, latency
+    models/<name>/build.json      manifest: inputs hash, MAR paths, backends, report summary
 
-Every MAR registers in TorchServe as model name <arch>, version 1.0.  The build
-is skipped when build.json's input hash matches (sources of model/ and the
-handler, arguments, weights file, bundled photos, torch versions, GPU tooling).
+Every MAR registers in TorchServe as model <name> (the arch unless named otherwise),
+version 1.0. The build is skipped when build.json's input hash matches (sources of the
+recipe and the handler, arguments, weights file, bundled photos, torch versions, GPU tooling).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
-import shutil
-import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
 
-from model import photos
+from model import photos, variants
 from model.agreement import AgreementError, compare_logits
-from model.archive import MODEL_VERSION, archive_mar
+from model.artifacts import PACKAGE_DIR, BuildResult, BuiltModel, Staging, build_once, sha256_file
 from model.digits import DigitsSettings, run_digits_check
 from model.gpu import compile_tensorrt_fp16, detect_gpu_build_backend
 from model.quantize import quantize_int8, save_torchscript
-from torchserve_backend import handler
+from torchserve_backend import tiergate_backends as backends
+from torchserve_backend import tiergate_images as images
 
 logger = logging.getLogger("model.build")
 
 SUPPORTED_ARCHS = ("resnet18", "resnet50")
 VARIANTS = ("fp32", "int8", "gpu")
-MANIFEST_NAME = "build.json"
-REPORT_NAME = "accuracy-report.json"
-MODEL_STORE = "model-store"
 CALIBRATION_DIR = "calibration"
-MANIFEST_SCHEMA = 1
 DEFAULT_DIGITS = DigitsSettings()
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-HANDLER_PATH = Path(handler.__file__).resolve()
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    out_dir: Path
-    manifest: dict
-    rebuilt: bool  # False when the existing artifacts were already up to date
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.out_dir / MANIFEST_NAME
-
-    @property
-    def report_path(self) -> Path:
-        return self.out_dir / REPORT_NAME
-
-    def mar_path(self, variant: str) -> Path:
-        return self.out_dir / self.manifest["variants"][variant]["mar"]
-
-    def report(self) -> dict:
-        return json.loads(self.report_path.read_text())
-
-
-def mar_name(arch: str, variant: str) -> str:
-    return f"{arch}-{variant}.mar"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def compute_input_hash(build_inputs: dict) -> str:
-    """Hash of everything a build depends on: our sources plus the given inputs."""
-    digest = hashlib.sha256()
-    for source in sorted(PACKAGE_DIR.glob("*.py")) + [HANDLER_PATH]:
-        digest.update(source.name.encode())
-        digest.update(source.read_bytes())
-    digest.update(json.dumps(build_inputs, sort_keys=True).encode())
-    return digest.hexdigest()
-
-
-def is_up_to_date(out_dir: Path, input_hash: str) -> bool:
-    manifest_path = out_dir / MANIFEST_NAME
-    if not manifest_path.exists():
-        return False
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        return False
-    if manifest.get("input_hash") != input_hash:
-        return False
-    expected = [out_dir / entry["mar"] for entry in manifest["variants"].values()]
-    return all(path.exists() for path in expected + [out_dir / REPORT_NAME])
+SOURCES = tuple(
+    PACKAGE_DIR / name for name in ("build.py", "photos.py", "digits.py", "gpu.py", "quantize.py")
+)
 
 
 def imagenet_labels() -> dict[int, str]:
@@ -150,18 +85,6 @@ def load_classifier(arch: str, weights: Path | None, seed: int) -> torch.nn.Modu
     return model.eval()
 
 
-def median_latency_ms(loaded: handler.LoadedModel, runs: int = 20) -> float:
-    example = torch.randn(1, 3, handler.CROP_SIZE, handler.CROP_SIZE)
-    for _ in range(3):
-        loaded.logits(example)
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        loaded.logits(example)
-        timings.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(timings), 2)
-
-
 @dataclass(frozen=True)
 class BuildOptions:
     arch: str
@@ -181,6 +104,7 @@ def build_models(
     weights: Path | None = None,
     seed: int = 0,
     *,
+    name: str | None = None,
     force: bool = False,
     max_batch_size: int = 32,
     agreement_threshold: float = 0.99,
@@ -189,17 +113,16 @@ def build_models(
     calibration_views: int = 3,
     evaluation_views: int = 8,
 ) -> BuildResult:
-    """Build the fp32/int8/gpu MARs for arch into out_dir, unless already up to date.
+    """Build the fp32/int8/gpu MARs of model name (default: arch) into out_dir, unless up to date.
 
-    agreement_threshold gates the digits model's int8/fp32 top-1 agreement
-    (digits=None skips that check).  photo_agreement_threshold, when set, also
-    gates <arch>'s int8 and gpu agreement on the bundled photos; it is off by
+    agreement_threshold gates the digits CNN's int8/fp32 top-1 agreement (quantized the
+    way <arch> is; digits=None skips that check).  photo_agreement_threshold, when set,
+    also gates <arch>'s int8 and gpu agreement on the bundled photos; it is off by
     default because random-weight logits have tiny margins (see the report).
     Raises AgreementError, leaving the previous artifacts in place, when a gate fails.
     """
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"unsupported arch {arch!r}; choose one of {SUPPORTED_ARCHS}")
-    out_dir = Path(out_dir)
     options = BuildOptions(
         arch=arch,
         seed=seed,
@@ -212,32 +135,23 @@ def build_models(
         digits=asdict(digits) if digits is not None else None,
     )
     gpu_build_backend = detect_gpu_build_backend()
-    input_hash = compute_input_hash(
-        {
-            "options": asdict(options),
-            "photos": [sha256_file(path) for path in photos.bundled_photo_paths()],
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            # A CUDA/TensorRT host must not reuse a build made without them.
-            "gpu_build_backend": gpu_build_backend,
-        }
+    build_inputs = {
+        "options": asdict(options),
+        "photos": [sha256_file(path) for path in photos.bundled_photo_paths()],
+        "torchvision": torchvision.__version__,
+        # A CUDA/TensorRT host must not reuse a build made without them.
+        "gpu_build_backend": gpu_build_backend,
+    }
+    name = name or arch
+    return build_once(
+        out_dir,
+        name,
+        arch,
+        SOURCES,
+        build_inputs,
+        lambda staging: build_resnet(staging, name, options, weights, gpu_build_backend),
+        force=force,
     )
-    if not force and is_up_to_date(out_dir, input_hash):
-        logger.info("%s is up to date (input hash %s); nothing to build", out_dir, input_hash[:12])
-        return BuildResult(out_dir, json.loads((out_dir / MANIFEST_NAME).read_text()), rebuilt=False)
-
-    started = time.perf_counter()
-    staging = out_dir / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        manifest = _build_into(staging, out_dir, options, weights, gpu_build_backend, input_hash)
-        manifest["build_seconds"] = round(time.perf_counter() - started, 1)
-        _publish(staging, out_dir, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("built %s in %.1f s", arch, manifest["build_seconds"])
-    return BuildResult(out_dir, manifest, rebuilt=True)
 
 
 @dataclass
@@ -252,21 +166,22 @@ def prepare_photos(options: BuildOptions) -> PhotoSets:
     """Calibration and evaluation images from disjoint photos, preprocessed exactly as served."""
     calibration_paths, evaluation_paths = photos.split_photos(photos.bundled_photo_paths())
     calibration_crops = [
-        handler.crop_image(image)
+        images.crop_image(image)
         for image in photos.photo_views(calibration_paths, options.calibration_views, options.seed)
     ]
     evaluation_images = photos.photo_views(evaluation_paths, options.evaluation_views, options.seed + 1)
     return PhotoSets(
         calibration_paths,
         calibration_crops,
-        torch.stack([handler.normalize_image(crop) for crop in calibration_crops]),
-        torch.stack([handler.preprocess_image(image) for image in evaluation_images]),
+        torch.stack([images.normalize_image(crop) for crop in calibration_crops]),
+        torch.stack([images.preprocess_image(image) for image in evaluation_images]),
     )
 
 
 def write_artifacts(
     model: torch.nn.Module,
-    staging: Path,
+    work_dir: Path,
+    name: str,
     options: BuildOptions,
     calibration_batches: list[torch.Tensor],
     gpu_build_backend: str,
@@ -274,57 +189,42 @@ def write_artifacts(
     """Serialize the fp32, int8 and (where possible) TensorRT models; return each variant's variant.json."""
     arch = options.arch
     files = {
-        handler.ARTIFACT_FP32: f"{arch}-fp32.pt2",
-        handler.ARTIFACT_INT8: f"{arch}-int8.torchscript.pt",
-        handler.ARTIFACT_TENSORRT: f"{arch}-tensorrt-fp16.ep",
+        backends.ARTIFACT_FP32: f"{name}-fp32.pt2",
+        backends.ARTIFACT_INT8: f"{name}-int8.torchscript.pt",
+        backends.ARTIFACT_TENSORRT: f"{name}-tensorrt-fp16.ep",
     }
     logger.info("exporting fp32 %s", arch)
-    example = torch.randn(2, 3, handler.CROP_SIZE, handler.CROP_SIZE)  # 2: export specialises batch 1
+    example = torch.randn(2, 3, images.CROP_SIZE, images.CROP_SIZE)  # 2: export specialises batch 1
     batch_dim = torch.export.Dim("batch", min=1, max=options.max_batch_size)
     exported = torch.export.export(copy.deepcopy(model), (example,), dynamic_shapes=({0: batch_dim},))
-    torch.export.save(exported, str(staging / files[handler.ARTIFACT_FP32]))
+    torch.export.save(exported, str(work_dir / files[backends.ARTIFACT_FP32]))
 
     logger.info("quantizing %s to int8", arch)
     quantized = quantize_int8(model, calibration_batches)
-    save_torchscript(quantized, example, staging / files[handler.ARTIFACT_INT8])
+    save_torchscript(quantized, example, work_dir / files[backends.ARTIFACT_INT8])
 
-    gpu_artifacts = [handler.ARTIFACT_FP32]
-    if gpu_build_backend == handler.BACKEND_TENSORRT_FP16:
+    gpu_artifacts = [backends.ARTIFACT_FP32]
+    if gpu_build_backend == backends.BACKEND_TENSORRT_FP16:
         logger.info("compiling %s with TensorRT FP16", arch)
         compile_tensorrt_fp16(
-            model, handler.CROP_SIZE, options.max_batch_size, staging / files[handler.ARTIFACT_TENSORRT]
+            model, images.CROP_SIZE, options.max_batch_size, work_dir / files[backends.ARTIFACT_TENSORRT]
         )
-        gpu_artifacts.insert(0, handler.ARTIFACT_TENSORRT)
-    variant_artifacts = {
-        "fp32": [handler.ARTIFACT_FP32],
-        "int8": [handler.ARTIFACT_INT8],
-        "gpu": gpu_artifacts,
-    }
-    return {
-        variant: {
-            "arch": arch,
-            "variant": variant,
-            "max_batch_size": options.max_batch_size,
-            "artifacts": {name: files[name] for name in names},
-        }
-        for variant, names in variant_artifacts.items()
-    }
+        gpu_artifacts.insert(0, backends.ARTIFACT_TENSORRT)
+    return variants.variant_specs(name, "image", options.max_batch_size, files, gpu_artifacts)
 
 
 def check_variants(
-    staging: Path,
-    variant_specs: dict[str, dict],
+    loaded: dict[str, backends.LoadedModel],
+    record_dir: Path,
     photo_sets: PhotoSets,
     options: BuildOptions,
     weights: Path | None,
-    input_hash: str,
 ) -> dict:
-    """Load each variant the way the handler will and compare it with fp32; run the digits check.
+    """Compare each variant, loaded the way the handler will, with fp32; run the digits check.
 
-    Returns the accuracy report; its "passed" is False when a configured gate failed.
+    Returns the accuracy report; its "failures" lists the configured gates that failed.
     """
     logger.info("checking agreement and latency of the built variants")
-    loaded = {variant: handler.load_model(staging, spec) for variant, spec in variant_specs.items()}
     reference = loaded["fp32"].logits(photo_sets.evaluation)
     threshold = options.photo_agreement_threshold
     photo_report = {
@@ -348,12 +248,10 @@ def check_variants(
             failures.append(f"{options.arch} photo top-1 agreement below {threshold}: {agreements}")
     photo_report["passed"] = not failures
     report = {
-        "input_hash": input_hash,
         "photos": photo_report,
-        "latency_ms_batch1": {
-            "torch_threads": torch.get_num_threads(),
-            **{f"{variant} ({model.backend})": median_latency_ms(model) for variant, model in loaded.items()},
-        },
+        "latency_ms_batch1": variants.latency_report(
+            loaded, torch.randn(1, 3, images.CROP_SIZE, images.CROP_SIZE)
+        ),
     }
     if options.digits is not None:
         logger.info("training and quantizing the digits model")
@@ -362,74 +260,32 @@ def check_variants(
                 DigitsSettings(**options.digits),
                 options.seed,
                 options.agreement_threshold,
-                staging / CALIBRATION_DIR / "digits-calibration.npz",
+                record_dir / CALIBRATION_DIR / "digits-calibration.npz",
             )
         except AgreementError as error:
             report["digits"] = error.report
             failures.append(str(error))
-    report["passed"] = not failures
     report["failures"] = failures
     return report
 
 
-def archive_variants(staging: Path, arch: str, variant_specs: dict[str, dict]) -> None:
-    logger.info("archiving MARs")
-    labels_path = staging / handler.LABELS_FILE
-    labels_path.write_text(json.dumps({str(i): name for i, name in imagenet_labels().items()}, indent=0))
-    for variant, spec in variant_specs.items():
-        spec_dir = staging / f"{variant}-spec"  # each MAR needs its own file named variant.json
-        spec_dir.mkdir()
-        (spec_dir / handler.VARIANT_FILE).write_text(json.dumps(spec, indent=2))
-        files = [staging / name for name in spec["artifacts"].values()]
-        archive_mar(
-            arch,
-            HANDLER_PATH,
-            serialized_file=files[0],
-            extra_files=files[1:] + [labels_path, spec_dir / handler.VARIANT_FILE],
-            mar_path=staging / MODEL_STORE / mar_name(arch, variant),
-        )
-
-
-def describe_build(
-    options: BuildOptions, weights: Path | None, input_hash: str, variant_specs: dict[str, dict], report: dict
-) -> dict:
-    """The build.json manifest."""
+def describe_build(options: BuildOptions, weights: Path | None, report: dict) -> dict:
+    """build.json's resnet-specific fields."""
     arch = options.arch
-    backends = report["photos"]["backends"]
-    variants = {
-        variant: {
-            "mar": f"{MODEL_STORE}/{mar_name(arch, variant)}",
-            "artifacts": list(spec["artifacts"]),
-            "backend": backends[variant],  # what the handler picked on this build host
-        }
-        for variant, spec in variant_specs.items()
-    }
-    gpu = variants["gpu"]
-    gpu["tensorrt_compiled"] = handler.ARTIFACT_TENSORRT in gpu["artifacts"]
-    if not gpu["tensorrt_compiled"]:
-        gpu["backend_on_cuda_host"] = handler.BACKEND_INDUCTOR_CUDA
     digits = report.get("digits")
     return {
-        "schema": MANIFEST_SCHEMA,
         "arch": arch,
-        "model_name": arch,
-        "model_version": MODEL_VERSION,
         "seed": options.seed,
         "weights": (
             {"file": str(weights), "sha256": options.weights_sha256}
             if weights is not None
             else {"file": None, "random_init_seed": options.seed, "batchnorm_recalibrated": True}
         ),
-        "input_hash": input_hash,
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
         "max_batch_size": options.max_batch_size,
-        "variants": variants,
         "calibration": {
             arch: f"{CALIBRATION_DIR}/{arch}-calibration.npz",
             **({"digits": f"{CALIBRATION_DIR}/digits-calibration.npz"} if digits else {}),
         },
-        "accuracy_report": REPORT_NAME,
         "accuracy": {
             "digits": {
                 key: digits[key]
@@ -448,14 +304,9 @@ def describe_build(
     }
 
 
-def _build_into(
-    staging: Path,
-    out_dir: Path,
-    options: BuildOptions,
-    weights: Path | None,
-    gpu_build_backend: str,
-    input_hash: str,
-) -> dict:
+def build_resnet(
+    staging: Staging, name: str, options: BuildOptions, weights: Path | None, gpu_build_backend: str
+) -> BuiltModel:
     logger.info("preparing calibration and evaluation photos")
     photo_sets = prepare_photos(options)
     calibration_batches = list(photo_sets.calibration.split(8))
@@ -463,34 +314,25 @@ def _build_into(
     if weights is None:
         recalibrate_batchnorm(model, calibration_batches)
 
-    variant_specs = write_artifacts(model, staging, options, calibration_batches, gpu_build_backend)
-    report = check_variants(staging, variant_specs, photo_sets, options, weights, input_hash)
-    if not report["passed"]:
-        # Kept for diagnosis; build.json still describes the previous good build.
-        (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        raise AgreementError("; ".join(report["failures"]), report)
-
-    (staging / CALIBRATION_DIR).mkdir(exist_ok=True)
+    specs = write_artifacts(model, staging.work_dir, name, options, calibration_batches, gpu_build_backend)
+    loaded = variants.load_variants(staging.work_dir, specs)
+    report = check_variants(loaded, staging.record_dir, photo_sets, options, weights)
+    (staging.record_dir / CALIBRATION_DIR).mkdir(exist_ok=True)
     np.savez_compressed(
-        staging / CALIBRATION_DIR / f"{options.arch}-calibration.npz",
+        staging.record_dir / CALIBRATION_DIR / f"{options.arch}-calibration.npz",
         images=np.stack([crop.permute(1, 2, 0).numpy() for crop in photo_sets.calibration_crops]),
         photos=np.array([path.name for path in photo_sets.calibration_paths]),
     )
-    (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-    archive_variants(staging, options.arch, variant_specs)
-    return describe_build(options, weights, input_hash, variant_specs, report)
-
-
-def _publish(staging: Path, out_dir: Path, manifest: dict) -> None:
-    """Move the finished build into place; build.json goes last so it never points at missing files."""
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    for folder in (MODEL_STORE, CALIBRATION_DIR):
-        target = out_dir / folder
-        target.mkdir(exist_ok=True)
-        for file in (staging / folder).iterdir():
-            file.replace(target / file.name)
-    (staging / REPORT_NAME).replace(out_dir / REPORT_NAME)
-    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    if not report["failures"]:
+        labels_path = staging.work_dir / backends.LABELS_FILE
+        labels_path.write_text(json.dumps({str(i): label for i, label in imagenet_labels().items()}, indent=0))
+        logger.info("archiving MARs")
+        variants.archive_variants(name, staging.work_dir, staging.model_store, specs, [labels_path])
+    return BuiltModel(
+        mars=variants.describe_mars(name, specs, loaded),
+        report=report,
+        details=describe_build(options, weights, report),
+    )
 
 
 def format_report(report: dict) -> str:

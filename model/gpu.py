@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from torchserve_backend.handler import choose_gpu_backend, tensorrt_importable
+from torchserve_backend.tiergate_backends import choose_gpu_backend, tensorrt_importable
 
 __all__ = ["choose_gpu_backend", "detect_gpu_build_backend", "compile_tensorrt_fp16"]
 

@@ -72,3 +72,23 @@ def save_torchscript(module: torch.nn.Module, example_input: torch.Tensor, path:
     with deprecations_silenced(), torch.no_grad():
         scripted = torch.jit.freeze(torch.jit.trace(module, example_input).eval())
         torch.jit.save(scripted, str(path))
+
+
+def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """An int8 copy of model's Linear layers, activations quantized per call (no calibration).
+
+    For MLPs and transformers, whose work is in Linear layers: ``quantize_dynamic`` runs
+    them on fbgemm's int8 kernels and needs no calibration data.
+    """
+    torch.backends.quantized.engine = QUANTIZATION_BACKEND
+    with deprecations_silenced():
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def save_scripted(module: torch.nn.Module, path: Path) -> None:
+    """Script (not trace: input shapes such as a text's length vary), freeze and save module."""
+    with deprecations_silenced(), torch.no_grad():
+        scripted = torch.jit.freeze(torch.jit.script(module).eval())
+        torch.jit.save(scripted, str(path))

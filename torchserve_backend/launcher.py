@@ -2,25 +2,27 @@
 
 Each pool gets its own ports, TMPDIR, log and metrics directories, so two pools (or
 two test runs in different network namespaces) never share state. A pool counts as
-started only when a real inference succeeds; that first answer also says which
-backend actually runs (the handler's X-Tiergate-Backend header).
+started when every one of its models has a READY worker, as TorchServe's management API
+describes it; that needs no input, so it works for MARs whose input tiergate does not
+know. For tiergate's own handler, the customized describe then asks the worker which
+backend it runs.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import httpx
 
-from gateway.config import LocalLaunch
+from gateway.config import GatewayConfig, LocalLaunch
 
 from .processes import alive, processes_with_env, stop_group, stop_processes
 
@@ -31,6 +33,8 @@ POOL_ENV = "TIERGATE_POOL_DIR"
 # Where TorchServe 0.12's wrapper records its Java frontend's pid: tempfile.gettempdir(),
 # the pool's TMPDIR. A live TorchServe named there makes the next `torchserve --start` exit.
 PID_FILE = ".model_server.pid"
+# What wait_ready reports for a model whose handler does not say which backend it runs.
+BACKEND_UNREPORTED = "unreported"
 
 
 class PoolStartError(RuntimeError):
@@ -44,9 +48,25 @@ class PoolSpec:
     model_store: Path
     launch: LocalLaunch
     workdir: Path
+    # model → the MAR file it loads instead of <model>-<variant>.mar (the model config's `mar:`)
+    mars: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, pool: str, model_store: Path, workdir: Path) -> PoolSpec:
+        """The pool's local launch: exactly the models it serves, each with its MAR."""
+        models = config.pool_models(pool)
+        launch = config.pools[pool].local
+        if launch is None:
+            raise ValueError(f"pool {pool!r} has no `local:` launch settings")
+        mars = {model: config.models[model].mar for model in models if config.models[model].mar}
+        return cls(pool, tuple(models), model_store, launch, workdir, mars)
 
     def mar(self, model: str) -> str:
-        return f"{model}-{self.launch.variant}.mar"
+        return self.mars.get(model) or f"{model}-{self.launch.variant}.mar"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.launch.management_port}"
 
     @property
     def inference_url(self) -> str:
@@ -127,29 +147,26 @@ class PoolProcess:
         stdout.close()
 
     def wait_ready(self, timeout_s: float = 300.0) -> str:
-        """Block until the model answers a real inference; return the backend it reports."""
-        deadline = time.monotonic() + timeout_s
-        probe = probe_image()
-        backends = set()
-        with httpx.Client(trust_env=False, timeout=30.0) as client:
-            for model in self.spec.models:
-                backends.add(self._wait_model(client, model, probe, deadline, timeout_s))
-        return ",".join(sorted(backends))
+        """Block until every model has a READY worker; return the backends its workers report,
+        comma-joined (what `tiergate status` shows for the pool).
 
-    def _wait_model(
-        self, client: httpx.Client, model: str, probe: bytes, deadline: float, timeout_s: float
-    ) -> str:
-        url = f"{self.spec.inference_url}/predictions/{model}"
+        tiergate's handler answers the customized describe with its backend; a model whose
+        handler does not say (a stock MAR) adds nothing, unless no model says anything.
+        """
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(base_url=self.spec.management_url, trust_env=False, timeout=30.0) as client:
+            backends = {self._wait_model(client, model, deadline, timeout_s) for model in self.spec.models}
+        return ",".join(sorted(backends - {BACKEND_UNREPORTED}) or [BACKEND_UNREPORTED])
+
+    def _wait_model(self, client: httpx.Client, model: str, deadline: float, timeout_s: float) -> str:
         while time.monotonic() < deadline:
             if not self.running:
                 raise PoolStartError(self._failure("exited during start-up"))
             try:
-                response = client.post(url, content=probe)
+                if worker_ready(client.get(f"/models/{model}")):
+                    return reported_backend(client.get(f"/models/{model}", params={"customized": "true"}))
             except httpx.TransportError:
-                time.sleep(0.5)
-                continue
-            if response.status_code == 200:
-                return response.headers.get("x-tiergate-backend", "unknown")
+                pass
             time.sleep(0.5)
         raise PoolStartError(self._failure(f"model {model!r} not ready after {timeout_s:.0f}s"))
 
@@ -173,6 +190,30 @@ class PoolProcess:
 
     def _failure(self, what: str) -> str:
         return f"pool {self.spec.name!r} {what}\n{self.log_tail()}"
+
+
+def worker_ready(describe: httpx.Response) -> bool:
+    """A management API describe answer with at least one READY worker (of any version)."""
+    if describe.status_code != 200:
+        return False
+    return any(worker.get("status") == "READY" for version in describe.json() for worker in version.get("workers", []))
+
+
+def reported_backend(describe: httpx.Response) -> str:
+    """The backend a customized describe reports: tiergate's handler answers {"backend": ...}."""
+    if describe.status_code != 200:
+        return BACKEND_UNREPORTED
+    for version in describe.json():
+        metadata = version.get("customizedMetadata")
+        if isinstance(metadata, str):  # accept it as JSON text as well as an object
+            try:
+                metadata = json.loads(metadata)
+            except ValueError:
+                continue
+        backend = metadata.get("backend") if isinstance(metadata, dict) else None
+        if isinstance(backend, str) and backend:
+            return backend
+    return BACKEND_UNREPORTED
 
 
 def render_properties(spec: PoolSpec) -> str:
@@ -205,12 +246,3 @@ def render_properties(spec: PoolSpec) -> str:
         queue_size=launch.queue_size,
         java_heap_mb=launch.java_heap_mb,
     )
-
-
-def probe_image() -> bytes:
-    """A small JPEG used to prove a pool really serves (and to warm it up)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (120, 80, 40)).save(buffer, format="JPEG")
-    return buffer.getvalue()

@@ -9,7 +9,7 @@ COPY --chown=ray:users pyproject.toml README.md /tmp/tiergate/
 COPY --chown=ray:users gateway /tmp/tiergate/gateway
 COPY --chown=ray:users torchserve_backend /tmp/tiergate/torchserve_backend
 RUN pip install --no-cache-dir --no-deps /tmp/tiergate \
- && pip install --no-cache-dir "httpx==0.28.1" "pydantic>=2.7,<3" "pyyaml>=6" "prometheus-client>=0.20" "orjson>=3.10" "uvloop>=0.19" "aiohttp>=3.9" \
+ && pip install --no-cache-dir "httpx==0.28.1" "pydantic>=2.7,<3" "pyyaml>=6" "prometheus-client>=0.20" "orjson>=3.10" "uvloop>=0.19" "aiohttp>=3.9" "jsonschema>=4.23" "numpy>=1.26" \
  && rm -rf /tmp/tiergate \
  && python -c "import gateway.app"
 

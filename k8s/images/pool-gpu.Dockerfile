@@ -12,7 +12,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 # PyPI's torch 2.14.1 wheel carries its CUDA libraries; torch-tensorrt 2.14 is built against it.
 RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 "torch-tensorrt==2.14.*" \
- && pip install --no-cache-dir torchserve==0.12.0 "pillow>=10" "pyyaml>=6" "numpy>=1.26"
+ && pip install --no-cache-dir torchserve==0.12.0 "pillow>=10" "pyyaml>=6" "numpy>=1.26" "captum>=0.8"
 
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/model-server model-server \
  && mkdir -p /home/model-server/run && chown 10001:10001 /home/model-server/run

@@ -28,7 +28,7 @@ def test_killed_pool_turns_readyz_503_and_comes_back(stack):
             pool = next(pool for pool in stack.status()["pools"] if pool["name"] == "gpu")
             return pool["pid"] != gpu["pid"] and pool["state"] == "ready" and pool
 
-        # The supervisor records the new process once a real inference has succeeded.
+        # The supervisor records the new process once its models have READY workers.
         assert wait_for(restarted, 180)["backend"] == "cpu-fp32"
         assert client.get("/readyz").status_code == 200
         again = client.post("/predictions/resnet18", content=cat_jpeg(), headers={"X-SLA-Tier": "premium"})

@@ -20,8 +20,11 @@ from ts.context import Context, RequestProcessor
 from ts.model_loader import TsModelLoader
 from ts.service import Service
 
+from model.archive import HANDLER_FILES
 from model.quantize import quantize_int8, save_torchscript
 from torchserve_backend import handler
+from torchserve_backend import tiergate_backends as backends
+from torchserve_backend import tiergate_images as images
 
 LABELS = [f"class-{i}" for i in range(10)]
 PHOTO = Path(__import__("sklearn").__file__).parent / "datasets" / "images" / "china.jpg"
@@ -49,19 +52,19 @@ def write_model_dir(
     model = TinyClassifier().eval()
     example = torch.randn(2, 3, handler.CROP_SIZE, handler.CROP_SIZE)
     if variant == "int8":
-        artifacts = {handler.ARTIFACT_INT8: "tiny-int8.pt"}
+        artifacts = {backends.ARTIFACT_INT8: "tiny-int8.pt"}
         save_torchscript(quantize_int8(model, [example]), example, path / "tiny-int8.pt")
     else:
-        artifacts = {handler.ARTIFACT_FP32: "tiny-fp32.pt2"}
+        artifacts = {backends.ARTIFACT_FP32: "tiny-fp32.pt2"}
         batch = torch.export.Dim("batch", min=1, max=max_batch_size)
         torch.export.save(
             torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(path / "tiny-fp32.pt2")
         )
     if with_trt:
-        artifacts[handler.ARTIFACT_TENSORRT] = "never-loaded-without-cuda.ep"
+        artifacts[backends.ARTIFACT_TENSORRT] = "never-loaded-without-cuda.ep"
     spec = {"arch": "tiny", "variant": variant, "max_batch_size": max_batch_size, "artifacts": artifacts}
-    (path / handler.VARIANT_FILE).write_text(json.dumps(spec))
-    (path / handler.LABELS_FILE).write_text(json.dumps({str(i): name for i, name in enumerate(LABELS)}))
+    (path / backends.VARIANT_FILE).write_text(json.dumps(spec))
+    (path / backends.LABELS_FILE).write_text(json.dumps({str(i): name for i, name in enumerate(LABELS)}))
     return path
 
 
@@ -127,7 +130,7 @@ def test_returns_top5_labels_highest_first(fp32_handler, fp32_dir, photo_jpeg):
     assert probabilities == sorted(probabilities, reverse=True)
     assert all(0 < p < 1 for p in probabilities) and sum(probabilities) <= 1.0 + 1e-6
     json.dumps(answer)  # TorchServe serialises the dict as the response body
-    assert context.get_response_headers(0)[handler.BACKEND_HEADER] == handler.BACKEND_CPU_FP32
+    assert context.get_response_headers(0)[handler.BACKEND_HEADER] == backends.BACKEND_CPU_FP32
     assert context.get_response_content_type(0) == "application/json"
 
 
@@ -188,7 +191,7 @@ def test_bad_inputs_get_400_while_the_rest_of_the_batch_succeeds(fp32_handler, f
     assert "limit" in answers[4]["message"]
     assert answers[0] == answers[8] and len(answers[0]) == 5
     for idx in range(len(requests)):
-        assert context.get_response_headers(idx)[handler.BACKEND_HEADER] == handler.BACKEND_CPU_FP32
+        assert context.get_response_headers(idx)[handler.BACKEND_HEADER] == backends.BACKEND_CPU_FP32
         assert context.get_response_headers(idx)[handler.BATCH_SIZE_HEADER] == "2"  # the images that ran
 
 
@@ -210,8 +213,8 @@ def test_preprocessing_matches_torchvision_reference_pipeline(photo_jpeg):
     from torchvision import transforms
 
     reference = transforms.Compose([
-        transforms.Resize(handler.RESIZE_SIZE), transforms.CenterCrop(handler.CROP_SIZE),
-        transforms.ToTensor(), transforms.Normalize(handler.IMAGENET_MEAN, handler.IMAGENET_STD),
+        transforms.Resize(images.RESIZE_SIZE), transforms.CenterCrop(handler.CROP_SIZE),
+        transforms.ToTensor(), transforms.Normalize(images.IMAGENET_MEAN, images.IMAGENET_STD),
     ])
     image = handler.decode_image(photo_jpeg, handler.DEFAULT_MAX_IMAGE_PIXELS)
     ours, theirs = handler.preprocess_image(image), reference(image)
@@ -236,7 +239,7 @@ def test_pixel_limit_is_our_own_and_configurable(fp32_dir, monkeypatch):
     with pytest.raises(handler.InvalidInput, match="7000x7000"):
         handler.decode_image(png_declaring(7000, 7000), handler.DEFAULT_MAX_IMAGE_PIXELS)
 
-    monkeypatch.setenv(handler.MAX_IMAGE_PIXELS_ENV, "1000")
+    monkeypatch.setenv(images.MAX_IMAGE_PIXELS_ENV, "1000")
     service = handler.TiergateHandler()
     service.initialize(make_context(fp32_dir), cuda_available=False)
     small, large = encode(Image.new("RGB", (30, 30)), "PNG"), encode(Image.new("RGB", (40, 40)), "PNG")
@@ -262,7 +265,7 @@ def test_int8_artifact_reports_cpu_int8(tmp_path, photo_jpeg):
     service.initialize(make_context(model_dir), cuda_available=False)
     [answer], context = run(service, model_dir, [{"data": photo_jpeg}])
 
-    assert service.backend == handler.BACKEND_CPU_INT8
+    assert service.backend == backends.BACKEND_CPU_INT8
     assert context.get_response_headers(0)[handler.BACKEND_HEADER] == "cpu-int8"
     assert len(answer) == 5
 
@@ -277,23 +280,23 @@ def test_int8_artifact_reports_cpu_int8(tmp_path, photo_jpeg):
     ],
 )
 def test_choose_gpu_backend(cuda, trt, expected):
-    assert handler.choose_gpu_backend(cuda, trt) == expected
+    assert backends.choose_gpu_backend(cuda, trt) == expected
 
 
 @pytest.mark.parametrize(
     "variant, artifacts, cuda, trt_importable, expected",
     [
-        ("int8", [handler.ARTIFACT_INT8], True, True, "cpu-int8"),
-        ("fp32", [handler.ARTIFACT_FP32], True, True, "cpu-fp32"),
-        ("gpu", [handler.ARTIFACT_TENSORRT, handler.ARTIFACT_FP32], True, True, "tensorrt-fp16"),
-        ("gpu", [handler.ARTIFACT_TENSORRT, handler.ARTIFACT_FP32], True, False, "inductor-cuda"),
-        ("gpu", [handler.ARTIFACT_FP32], True, True, "inductor-cuda"),  # built without TensorRT
-        ("gpu", [handler.ARTIFACT_TENSORRT, handler.ARTIFACT_FP32], False, True, "cpu-fp32"),
+        ("int8", [backends.ARTIFACT_INT8], True, True, "cpu-int8"),
+        ("fp32", [backends.ARTIFACT_FP32], True, True, "cpu-fp32"),
+        ("gpu", [backends.ARTIFACT_TENSORRT, backends.ARTIFACT_FP32], True, True, "tensorrt-fp16"),
+        ("gpu", [backends.ARTIFACT_TENSORRT, backends.ARTIFACT_FP32], True, False, "inductor-cuda"),
+        ("gpu", [backends.ARTIFACT_FP32], True, True, "inductor-cuda"),  # built without TensorRT
+        ("gpu", [backends.ARTIFACT_TENSORRT, backends.ARTIFACT_FP32], False, True, "cpu-fp32"),
     ],
 )
 def test_select_backend(variant, artifacts, cuda, trt_importable, expected):
     spec = {"variant": variant, "artifacts": {name: "file" for name in artifacts}}
-    assert handler.select_backend(spec, cuda, trt_importable) == expected
+    assert backends.select_backend(spec, cuda, trt_importable) == expected
 
 
 def test_gpu_mar_without_cuda_falls_back_to_cpu_fp32_never_tensorrt(tmp_path, photo_jpeg):
@@ -304,7 +307,7 @@ def test_gpu_mar_without_cuda_falls_back_to_cpu_fp32_never_tensorrt(tmp_path, ph
     service.initialize(make_context(model_dir))
     [answer], context = run(service, model_dir, [{"data": photo_jpeg}])
 
-    assert service.backend == handler.BACKEND_CPU_FP32
+    assert service.backend == backends.BACKEND_CPU_FP32
     assert "tensorrt" not in context.get_response_headers(0)[handler.BACKEND_HEADER]
     assert len(answer) == 5
 
@@ -317,21 +320,25 @@ def test_tensorrt_engine_that_fails_to_load_falls_back_to_compiled_fp32(tmp_path
         raise RuntimeError("engine plan built for a different compute capability")
 
     compiled = []
-    monkeypatch.setattr(handler, "load_tensorrt", engine_for_another_gpu)
-    monkeypatch.setattr(handler, "compile_for_cuda", lambda module, device: compiled.append(device) or module)
-    loaded = handler.load_model(model_dir, variant, cuda_available=True, trt_importable=True)
+    monkeypatch.setattr(backends, "load_tensorrt", engine_for_another_gpu)
+    monkeypatch.setattr(backends, "compile_for_cuda", lambda module, device: compiled.append(device) or module)
+    loaded = backends.load_model(model_dir, variant, cuda_available=True, trt_importable=True)
 
-    assert loaded.backend == handler.BACKEND_INDUCTOR_CUDA and loaded.input_dtype == torch.float32
+    assert loaded.backend == backends.BACKEND_INDUCTOR_CUDA and loaded.input_dtype == torch.float32
     assert compiled == [torch.device("cuda", 0)]
     assert "TensorRT engine did not load" in caplog.text
 
 
 def test_torchserve_model_loader_finds_the_entry_point_and_initializes(tmp_path, photo_jpeg, monkeypatch):
-    """TorchServe imports handler.py as a top-level module and calls handle(None, ctx) first."""
+    """TorchServe imports handler.py as a top-level module, its modules beside it, and calls
+    handle(None, ctx) first."""
     model_dir = write_model_dir(tmp_path / "unpacked-mar", variant="int8")
-    shutil.copy(handler.__file__, model_dir / "handler.py")
+    for file in HANDLER_FILES:  # what every MAR carries
+        shutil.copy(file, model_dir / file.name)
     monkeypatch.syspath_prepend(str(model_dir))
-    monkeypatch.delitem(sys.modules, "handler", raising=False)
+    top_level = ["handler"] + [file.stem for file in HANDLER_FILES]
+    for module in top_level:
+        monkeypatch.delitem(sys.modules, module, raising=False)
     try:
         service = TsModelLoader().load("tiny", str(model_dir), handler="handler.py", batch_size=2)
         batch = [
@@ -344,8 +351,12 @@ def test_torchserve_model_loader_finds_the_entry_point_and_initializes(tmp_path,
         headers, inputs, _ = Service.retrieve_data_for_inference(batch)
         service.context.request_processor = headers
         answers = service._entry_point(inputs, service.context)
+        loaded_from = {module: sys.modules[module].__file__ for module in top_level}
     finally:
-        sys.modules.pop("handler", None)
+        for module in top_level:
+            sys.modules.pop(module, None)
+
+    assert all(Path(file).parent == model_dir for file in loaded_from.values())
 
     assert len(answers[0]) == 5 and answers[1]["code"] == 400
     assert [service.context.get_response_status(i)[0] for i in range(2)] == [200, 400]

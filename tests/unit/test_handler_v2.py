@@ -21,6 +21,7 @@ from tests.unit.test_handler import (
     write_model_dir,
 )
 from torchserve_backend import handler
+from torchserve_backend import tiergate_backends as backends
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_encoded_images_batch_of_n_answers_n_rows_like_raw_requests(service, mod
     assert set(first) <= set(LABELS)
     json.dumps(answer)  # TorchServe serialises the dict as the response body
     assert context.get_response_content_type(0) == "application/json"
-    assert context.get_response_headers(0)[handler.BACKEND_HEADER] == handler.BACKEND_CPU_FP32
+    assert context.get_response_headers(0)[handler.BACKEND_HEADER] == backends.BACKEND_CPU_FP32
 
 
 def test_pixels_answer_like_the_image_they_were_made_from(service, model_dir):

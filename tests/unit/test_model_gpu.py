@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
+
 import pytest
 import torch
 
 from model import gpu
+from torchserve_backend import tiergate_backends
 
 
 @pytest.mark.parametrize(
@@ -23,15 +26,20 @@ def test_build_backend_follows_host_capabilities(monkeypatch, cuda, trt, expecte
     assert gpu.detect_gpu_build_backend() == expected
 
 
-def test_this_host_never_claims_tensorrt():
-    backend = gpu.detect_gpu_build_backend()
-    assert backend != "tensorrt-fp16"
-    assert backend == ("inductor-cuda" if torch.cuda.is_available() else "cpu-fp32")
+def test_this_host_claims_only_what_it_has():
+    cuda = torch.cuda.is_available()
+    tensorrt = tiergate_backends.tensorrt_importable()
+    expected = "tensorrt-fp16" if cuda and tensorrt else "inductor-cuda" if cuda else "cpu-fp32"
+    assert gpu.detect_gpu_build_backend() == expected
 
 
-def test_tensorrt_is_not_importable_here():
-    # torch-tensorrt cannot be installed on the development machines; if that
-    # changes, the gpu build path starts compiling engines and this test says so.
-    from torchserve_backend.handler import tensorrt_importable
+def test_a_broken_tensorrt_install_counts_as_none(monkeypatch):
+    real_import = builtins.__import__
 
-    assert tensorrt_importable() is False
+    def missing_libnvinfer(name, *args, **kwargs):
+        if name == "torch_tensorrt":
+            raise OSError("libnvinfer.so.10: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", missing_libnvinfer)
+    assert tiergate_backends.tensorrt_importable() is False

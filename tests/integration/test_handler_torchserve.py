@@ -1,4 +1,5 @@
-"""A MAR made by model.archive, served by a real TorchServe on loopback ports."""
+"""A MAR made by model.archive, served by a real TorchServe on loopback ports; the handler's
+modules travel in the MAR, and the worker imports them from there."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.archive import archive_mar
+from model.archive import archive_tiergate_mar
 from tests.unit.test_handler import PHOTO, png_declaring, write_model_dir
-from torchserve_backend import handler
+from torchserve_backend import tiergate_backends as backends
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 60
@@ -37,8 +38,8 @@ def free_ports(count: int) -> list[int]:
 def torchserve(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchserve")
     model_dir = write_model_dir(root / "tiny", variant="int8", max_batch_size=4)
-    files = [model_dir / name for name in ("tiny-int8.pt", handler.LABELS_FILE, handler.VARIANT_FILE)]
-    archive_mar("tiny", Path(handler.__file__), files[0], files[1:], root / "store" / "tiny-int8.mar")
+    files = [model_dir / name for name in ("tiny-int8.pt", backends.LABELS_FILE, backends.VARIANT_FILE)]
+    archive_tiergate_mar("tiny", files[0], files[1:], root / "store" / "tiny-int8.mar")
 
     inference, management, metrics, grpc = free_ports(4)
     model_config = {

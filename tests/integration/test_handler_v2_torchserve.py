@@ -9,7 +9,7 @@ import concurrent.futures
 import httpx
 
 from tests.unit.test_handler import PHOTO
-from tests.unit.test_handler_torchserve import torchserve  # noqa: F401  (the fixture)
+from tests.integration.test_handler_torchserve import torchserve  # noqa: F401  (the fixture)
 
 
 def images_body(*files: bytes, shape: list[int] | None = None) -> dict:
