@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+from .model_config import NAME, ModelConfig, Strict
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and each bad field."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LocalLaunch(_Strict):
+class LocalLaunch(Strict):
     """How `tiergate up` starts this pool as a local TorchServe process."""
 
     variant: Literal["int8", "gpu", "fp32"]
@@ -45,7 +41,7 @@ class LocalLaunch(_Strict):
     )
 
 
-class PoolConfig(_Strict):
+class PoolConfig(Strict):
     """A TorchServe pool the gateway sends inference to."""
 
     url: str = Field(description="inference API base URL, e.g. http://127.0.0.1:8080")
@@ -85,7 +81,7 @@ class PoolConfig(_Strict):
         return value.rstrip("/") if value else value
 
 
-class TierConfig(_Strict):
+class TierConfig(Strict):
     """An SLA tier: where its traffic goes and how long it may take."""
 
     pools: list[str] = Field(
@@ -100,7 +96,7 @@ class TierConfig(_Strict):
     sheddable: bool = Field(default=True, description="may be refused with 429 to protect higher tiers")
 
 
-class ShadowCompare(_Strict):
+class ShadowCompare(Strict):
     """How a shadow's answer is compared with the primary's; the model's profile uses the
     settings that fit its answers (top-k for classifiers, atol/rtol/cosine for numbers)."""
 
@@ -111,7 +107,7 @@ class ShadowCompare(_Strict):
     min_cosine: float = Field(default=0.99, ge=-1, le=1, description="tensors: cosine similarity counted as agreeing")
 
 
-class ShadowTest(_Strict):
+class ShadowTest(Strict):
     """Mirror sampled traffic of one model to a candidate and compare the answers."""
 
     name: str = Field(pattern=NAME.pattern)
@@ -131,124 +127,7 @@ class ShadowTest(_Strict):
     log_payloads: bool = Field(default=False, description="store request bodies of disagreements (off: never)")
 
 
-class CacheConfig(_Strict):
-    """A per-model response cache keyed by content hash (off unless configured)."""
-
-    ttl_s: float = Field(default=60.0, gt=0)
-    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
-
-
-DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-             "FP16", "FP32", "FP64", "BYTES")
-
-
-class TensorSpec(_Strict):
-    """One named tensor of a model's input or output, as the Open Inference Protocol declares it."""
-
-    name: str = Field(pattern=NAME.pattern)
-    datatype: Literal[DATATYPES]  # type: ignore[valid-type]
-    shape: list[int] = Field(
-        min_length=1, description="the first dimension is the batch (-1: any count); -1 elsewhere: any size"
-    )
-
-    @field_validator("shape")
-    @classmethod
-    def _dims(cls, shape: list[int]) -> list[int]:
-        if any(dim < -1 or dim == 0 for dim in shape):
-            raise ValueError(f"dimensions are positive or -1 (any), got {shape}")
-        return shape
-
-
-class _Model(_Strict):
-    """What every model shares, whatever its profile."""
-
-    max_body_bytes: int | None = Field(default=None, ge=1, description="this model's body limit (default: the gateway's)")
-    coalesce: bool = Field(default=True, description="identical concurrent requests share one pool call (with the gateway's `coalesce`)")
-    cache: CacheConfig | None = Field(default=None, description="a response cache for this model (off if absent)")
-    build: str | None = Field(
-        default=None, description="the recipe `tiergate build-models` makes this model's MARs with (model/recipes)"
-    )
-    mar: str | None = Field(
-        default=None,
-        description="a MAR every pool loads for this model, in artifacts_dir/model-store (e.g. one built elsewhere);"
-        " absent: the built <name>-<pool variant>.mar",
-    )
-
-    @field_validator("mar")
-    @classmethod
-    def _mar_file(cls, value: str | None) -> str | None:
-        if value is not None and (not value.endswith(".mar") or "/" in value or value.startswith(".")):
-            raise ValueError(f"mar is a file name in the model store ending in .mar, got {value!r}")
-        return value
-
-
-class ImageClassifierModel(_Model):
-    """JPEG/PNG in, top-5 classes out: tiergate's own handler (model/ builds it)."""
-
-    profile: Literal["image-classifier"]
-
-
-class TensorModel(_Model):
-    """Named tensors in and out, declared here; v2 tensors (JSON or binary), or the same JSON on
-    the TorchServe API."""
-
-    profile: Literal["tensor"]
-    inputs: list[TensorSpec] = Field(min_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1)
-    max_batch: int = Field(default=64, ge=1, description="rows one request may carry")
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> TensorModel:
-        for kind, specs in (("inputs", self.inputs), ("outputs", self.outputs)):
-            names = [spec.name for spec in specs]
-            if len(set(names)) != len(names):
-                raise ValueError(f"{kind} name a tensor twice: {names}")
-        return self
-
-
-class JsonModel(_Model):
-    """Any JSON document in (optionally checked against a JSON Schema), JSON out."""
-
-    profile: Literal["json"]
-    json_schema: dict[str, Any] | None = Field(default=None, description="a JSON Schema every request must satisfy")
-
-    @field_validator("json_schema")
-    @classmethod
-    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        if schema is not None:
-            import jsonschema
-
-            try:
-                jsonschema.validators.validator_for(schema).check_schema(schema)
-            except jsonschema.SchemaError as exc:
-                raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
-        return schema
-
-
-class PassthroughModel(_Model):
-    """Opaque bytes for a MAR whose handler the gateway knows nothing about."""
-
-    profile: Literal["passthrough"]
-    content_types: list[str] = Field(
-        default_factory=lambda: ["application/octet-stream"], min_length=1,
-        description="the request content types forwarded (others get 415)",
-    )
-
-    @field_validator("content_types")
-    @classmethod
-    def _media_types(cls, types: list[str]) -> list[str]:
-        for media_type in types:
-            if not re.fullmatch(r"[a-z0-9.+-]+/[a-z0-9.+*-]+", media_type):
-                raise ValueError(f"content type {media_type!r} is not a lower-case media type like image/jpeg")
-        return types
-
-
-ModelConfig = Annotated[
-    Union[ImageClassifierModel, TensorModel, JsonModel, PassthroughModel], Field(discriminator="profile")
-]
-
-
-class ApiKey(_Strict):
+class ApiKey(Strict):
     """One caller: its key's SHA-256 (`printf %s KEY | sha256sum`) and the tiers it may use."""
 
     name: str = Field(min_length=1, max_length=64)
@@ -263,13 +142,13 @@ class ApiKey(_Strict):
         return self
 
 
-class AuthConfig(_Strict):
+class AuthConfig(Strict):
     keys: list[ApiKey] = Field(default_factory=list)
     keys_file: Path | None = Field(default=None, description="YAML list of keys, same shape")
     keys_env: str | None = Field(default=None, description="env var holding such a YAML list")
 
 
-class GatewayConfig(_Strict):
+class GatewayConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     tier_header: str = "X-SLA-Tier"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..config import ModelConfig, ShadowCompare
+from ..config import ShadowCompare
+from ..model_config import ModelConfig
 from .base import Comparison, PoolBody, Tensor, TensorSchema
 
 

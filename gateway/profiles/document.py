@@ -12,8 +12,9 @@ import base64
 
 import orjson
 
-from ..config import JsonModel, PassthroughModel, ShadowCompare
+from ..config import ShadowCompare
 from ..errors import GatewayError, bad_request
+from ..model_config import JsonModel, PassthroughModel
 from .base import Comparison, PoolBody, Tensor, TensorSchema
 from .numeric import compare_numbers, flatten
 

@@ -14,8 +14,9 @@ import re
 
 import orjson
 
-from ..config import ImageClassifierModel, ShadowCompare
+from ..config import ShadowCompare
 from ..errors import GatewayError, bad_request
+from ..model_config import ImageClassifierModel
 from ..v2_codec import tensors_from_answer
 from .base import Comparison, PoolBody, Tensor, TensorSchema
 from .topk import compare_top_k, parse_top_k

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import orjson
 
-from ..config import ShadowCompare, TensorModel
+from ..config import ShadowCompare
 from ..errors import GatewayError, bad_request
+from ..model_config import TensorModel
 from ..v2_codec import JSON_CONTENT_TYPES, parse_infer_request, tensors_from_answer
 from .base import (
     Comparison,
