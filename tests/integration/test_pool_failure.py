@@ -1,6 +1,7 @@
 """A pool process dies: readiness says which, the supervisor restarts it.
 
-Named to run after the other integration modules, which share the session stack.
+The test waits until the pool serves again, so the session stack is whole for whatever
+module runs next: it needs no place in the order.
 """
 
 from __future__ import annotations
