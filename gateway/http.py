@@ -47,7 +47,7 @@ class HttpFront:
         self.pipeline = Pipeline(config, transport, remote)
         self.admission = Admission(config, KeyBook(config.auth, config.tiers))
         self.v2 = OpenInferenceFront(self.pipeline, self.admission)
-        self.openapi = orjson.dumps(openapi.document(config, self.pipeline.profiles, keys_required=self.admission.keys.enabled))
+        self.openapi = orjson.dumps(openapi.document(config, keys_required=self.admission.keys.enabled))
         self._echo_request_id = echo_request_id
 
     async def handle(self, request: Request) -> Response:

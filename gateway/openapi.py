@@ -10,11 +10,11 @@ form; gateway/v2.py), each with its own error shape.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 from .admit import VERSION as VERSION_PATTERN
 from .config import GatewayConfig
-from .profiles import Profile
+from .profiles import profile_for
 from .profiles.base import infer_request_schema, infer_response_schema
 
 VERSION = f"^{VERSION_PATTERN.pattern}$"
@@ -35,7 +35,8 @@ PREDICT_ERRORS = {
 }
 
 
-def document(config: GatewayConfig, profiles: Mapping[str, Profile], keys_required: bool) -> dict[str, Any]:
+def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
+    profiles = {name: profile_for(model) for name, model in config.models.items()}
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": VERSION}}
     inference_headers = [
         {
