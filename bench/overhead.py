@@ -229,7 +229,8 @@ def tiergate_config(args: argparse.Namespace, variant: Variant, port: int, state
         "host": "127.0.0.1",
         "port": port,
         "models": [MODEL] if variant.models_as_list else {MODEL: {"profile": "image-classifier", "build": MODEL}},
-        "artifacts_dir": str(ROOT / "artifacts"),
+        # Another checkout builds its MARs (its own handler) into its own tree, never this one's.
+        "artifacts_dir": str((variant.source or ROOT) / "artifacts"),
         "replicas": variant.replicas or args.replicas,
         "ingress": "haproxy",
         "default_tier": "standard" if "standard" in tiers else "noop",

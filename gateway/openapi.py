@@ -28,6 +28,7 @@ PREDICT_ERRORS = {
     "405": "only POST is allowed",
     "413": "body over the model's max_body_bytes (refused before it is read), or more rows than it takes",
     "415": "a content type the model does not take",
+    "422": "the model's handler failed on this input (TorchServe's 503 'Prediction failed')",
     "429": "shed to protect higher tiers; retry after Retry-After",
     "502": "the pool is down or failed the request",
     "503": "the pool is at capacity; retry after Retry-After",

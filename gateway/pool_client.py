@@ -183,6 +183,12 @@ def read_inference(pool: str, response: PoolResponse) -> Inference:
             content_type=response.headers.get("content-type", "application/json"),
             backend=response.headers.get("x-tiergate-backend", "unknown"),
         )
+    if status == 503 and b"Prediction failed" in response.body:
+        # TorchServe's answer when the model's handler raised on this input (a stock handler on
+        # bytes it cannot read): the input's doing as far as the gateway can tell, not capacity.
+        raise GatewayError(
+            422, "ModelFailed", f"the model's handler failed on this input (pool {pool!r})", pool=pool
+        )
     if status == 503:
         raise GatewayError(
             503, "PoolOverloaded", f"pool {pool!r} is at capacity; retry later",

@@ -83,6 +83,15 @@ def stack_config(**overrides) -> dict:
     return config
 
 
+def resnet18_only(config: dict) -> dict:
+    """A config serving resnet18 alone (the others stay loaded in the pools, unrouted): for
+    tests of policy that route a tier to one pool, which must then serve every model."""
+    config["models"] = {"resnet18": config["models"]["resnet18"]}
+    for pool in config["pools"].values():
+        pool.pop("models", None)
+    return config
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
     state_dir = tmp_path_factory.mktemp("stack")

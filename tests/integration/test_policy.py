@@ -11,7 +11,7 @@ import pytest
 
 from gateway.auth import digest
 
-from .conftest import stack_config
+from .conftest import resnet18_only, stack_config
 from .images import cat_jpeg, distinct_pngs
 from .loads import Load
 from .waiting import wait_for
@@ -21,7 +21,7 @@ SHOP, ETL = "shop-secret", "etl-secret"
 
 
 def policy_config() -> dict:
-    config = stack_config(coalesce=False)
+    config = resnet18_only(stack_config(coalesce=False))
     config["auth"] = {"keys": [
         {"name": "shop", "sha256": digest(SHOP), "tiers": ["premium", "standard"]},
         {"name": "etl", "sha256": digest(ETL), "tiers": ["batch"], "default_tier": "batch"},

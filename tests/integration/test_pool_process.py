@@ -27,7 +27,7 @@ import yaml
 
 from torchserve_backend.processes import alive, group_members
 
-from .conftest import REPO, stack_config, tiergate
+from .conftest import REPO, resnet18_only, stack_config, tiergate
 from .images import cat_jpeg
 from .stack_processes import stack_processes, tag_this_process
 
@@ -86,7 +86,7 @@ def scenario(state_dir: Path) -> dict:
 
 
 def kill_and_crash(state_dir: Path, tag: str) -> dict:
-    config = resnet18_stack_config()
+    config = resnet18_only(stack_config())
     config_file = state_dir / "tiergate.yaml"
     config_file.write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{config['port']}"
@@ -123,6 +123,11 @@ def kill_and_crash(state_dir: Path, tag: str) -> dict:
     os.kill(next(pid for pid in cpu_group if command(pid).startswith("java")), signal.SIGKILL)
     frontend_died = {"serving_again_after_s": wait_served(url, "standard", "cpu")}
     frontend_died["old_group_left"] = [pid for pid in cpu_group if alive(pid)]
+    # The supervisor records the restart once its readiness check has seen the pool's models,
+    # which can be a moment after the gateway's first answer from it.
+    recorded = time.monotonic() + 30
+    while pool(status(), "cpu").get("restarts") != 1 and time.monotonic() < recorded:
+        time.sleep(0.5)
     frontend_died["status_restarts"] = pool(status(), "cpu").get("restarts")
 
     # A crash: the supervisor and a pool's wrapper die at once. Ray goes with the supervisor
@@ -144,15 +149,6 @@ def kill_and_crash(state_dir: Path, tag: str) -> dict:
     }
     tiergate("down", "--state-dir", str(state_dir), check=False)
     return {"killed": killed, "frontend_died": frontend_died, "crashed": crashed, "left_after_down": stack_processes(tag)}
-
-
-def resnet18_stack_config() -> dict:
-    """The bundled stack serving resnet18 only: all these scenarios need, and quick to start."""
-    config = stack_config()
-    config["models"] = {"resnet18": config["models"]["resnet18"]}
-    for pool_config in config["pools"].values():
-        pool_config.pop("models", None)
-    return config
 
 
 def pool(status: dict, name: str) -> dict:

@@ -99,6 +99,7 @@ async def test_unknown_model_method_and_path():
     "pool_answer, status, error_type",
     [
         (httpx.Response(503, json={"code": 503, "message": "queue full"}), 503, "PoolOverloaded"),
+        (httpx.Response(503, json={"code": 503, "type": "InternalServerException", "message": "Prediction failed"}), 422, "ModelFailed"),
         (httpx.Response(400, json={"code": 400, "message": "cannot decode image"}), 400, "InvalidInput"),
         (httpx.Response(413, text="too big"), 413, "InvalidInput"),
         (httpx.Response(404, json={"message": "Model not found"}), 502, "PoolMisconfigured"),
