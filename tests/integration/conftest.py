@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cli import default_config
 
@@ -57,6 +58,17 @@ class Stack:
         """Rewrite the running stack's config file and reload it (Ray Serve reconfigure)."""
         (self.state_dir / "tiergate.yaml").write_text(yaml.safe_dump(config))
         self.tiergate("reload")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the gateway's series `name` (e.g. tiergate_requests_total) with these labels."""
+        with self.client() as client:
+            text = client.get("/metrics").text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
+        )
 
     def pool_metric(self, pool: str, name: str) -> float:
         """Sum of a TorchServe metric (e.g. ts_inference_requests_total) at one pool."""

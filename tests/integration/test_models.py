@@ -15,24 +15,12 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
-from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from .images import cat_jpeg
 from .waiting import wait_for
 
 TEXTS = {"positive": "what a wonderful and delightful film, i loved it", "negative": "a dull, boring and awful mess"}
-
-
-def metric(stack, name: str, **labels: str) -> float:
-    with stack.client() as client:
-        text = client.get("/metrics").text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items())
-    )
 
 
 def digits_rows(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,12 +127,12 @@ def test_a_mar_with_a_stock_handler_is_served_as_passthrough_on_the_pool_that_ha
 )
 def test_bad_input_is_refused_per_profile_before_any_pool(stack, path, body, headers, status, words):
     headers = {"content-type": "application/json", **headers}
-    before = metric(stack, "tiergate_backend_calls_total")
+    before = stack.metric("tiergate_backend_calls_total")
     with stack.client() as client:
         answer = client.post(path, content=body, headers=headers)
     assert answer.status_code == status, answer.text
     assert words in answer.json()["message"]
-    assert metric(stack, "tiergate_backend_calls_total") == before
+    assert stack.metric("tiergate_backend_calls_total") == before
 
 
 def test_identical_documents_coalesce_whatever_their_spacing(stack):
@@ -161,13 +149,13 @@ def test_identical_documents_coalesce_whatever_their_spacing(stack):
                                headers={"content-type": "application/json", "X-SLA-Tier": "batch"})
 
     before = stack.pool_metric("cpu", "ts_inference_requests_total")
-    coalesced_before = metric(stack, "tiergate_coalesced_total", model="sentiment")
+    coalesced_before = stack.metric("tiergate_coalesced_total", model="sentiment")
     with ThreadPoolExecutor(len(bodies)) as pool:
         answers = list(pool.map(send, bodies))
     assert [answer.status_code for answer in answers] == [200] * len(bodies)
     assert len({answer.content for answer in answers}) == 1
     assert stack.pool_metric("cpu", "ts_inference_requests_total") - before == 1
-    assert metric(stack, "tiergate_coalesced_total", model="sentiment") - coalesced_before == len(bodies) - 1
+    assert stack.metric("tiergate_coalesced_total", model="sentiment") - coalesced_before == len(bodies) - 1
 
 
 def test_per_model_metrics_and_a_shadow_test_on_the_tensor_model(stack):
@@ -181,19 +169,19 @@ def test_per_model_metrics_and_a_shadow_test_on_the_tensor_model(stack):
     }]
     stack.apply(config)
     try:
-        served_before = metric(stack, "tiergate_requests_total", model="digits", code="200")
+        served_before = stack.metric("tiergate_requests_total", model="digits", code="200")
         rows, _ = digits_rows(12)
         with stack.client() as client:
             for row in rows:
                 answer = client.post("/predictions/digits", content=orjson.dumps(v2_features(row[None])),
                                      headers={"content-type": "application/json"})
                 assert answer.status_code == 200, answer.text
-        assert metric(stack, "tiergate_requests_total", model="digits", code="200") - served_before == len(rows)
-        outcomes = lambda: metric(stack, "tiergate_shadow_outcomes_total", shadow="digits-int8-vs-fp32")  # noqa: E731
+        assert stack.metric("tiergate_requests_total", model="digits", code="200") - served_before == len(rows)
+        outcomes = lambda: stack.metric("tiergate_shadow_outcomes_total", shadow="digits-int8-vs-fp32")  # noqa: E731
         wait_for(lambda: outcomes() == len(rows), 60)
         # int8 against fp32 on real digits: the same class nearly always, probabilities close.
-        agree = metric(stack, "tiergate_shadow_outcomes_total", shadow="digits-int8-vs-fp32", outcome="agree")
+        agree = stack.metric("tiergate_shadow_outcomes_total", shadow="digits-int8-vs-fp32", outcome="agree")
         assert agree >= len(rows) - 2
-        assert metric(stack, "tiergate_shadow_top1_total", shadow="digits-int8-vs-fp32", pair="candidate", result="same") >= len(rows) - 2
+        assert stack.metric("tiergate_shadow_top1_total", shadow="digits-int8-vs-fp32", pair="candidate", result="same") >= len(rows) - 2
     finally:
         stack.apply(stack.config)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import LocalLaunch
 from model.photos import bundled_photo_paths, load_photo
@@ -84,14 +83,7 @@ class Shadowed:
         return wait_for(lambda: self.log_path.exists() and written(), timeout_s, 0.2)
 
     def metric(self, name: str, **labels: str) -> float:
-        with self.stack.client() as client:
-            text = client.get("/metrics").text
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
+        return self.stack.metric(name, **labels)
 
 
 def shadow_config(base: dict, log_path: Path) -> dict:
