@@ -82,8 +82,6 @@ class Shadowed:
 
         return wait_for(lambda: self.log_path.exists() and written(), timeout_s, 0.2)
 
-    def metric(self, name: str, **labels: str) -> float:
-        return self.stack.metric(name, **labels)
 
 
 def shadow_config(base: dict, log_path: Path) -> dict:
@@ -128,11 +126,11 @@ def test_the_same_build_agrees_on_every_photo(shadowed):
     assert all(row["top1_same"] == 1 and row["overlap"] == 1.0 for row in rows)
     assert max(row["max_delta"] for row in rows) < 1e-5
     assert all(row["detail"] is None for row in rows)
-    assert shadowed.metric("tiergate_shadow_top1_total", shadow="same-build", result="different") == 0
+    assert shadowed.stack.metric("tiergate_shadow_top1_total", shadow="same-build", result="different") == 0
 
 
 def test_int8_against_fp32_differences_are_measured_and_logged(shadowed):
-    before = shadowed.metric("tiergate_shadow_outcomes_total", shadow="int8-vs-fp32", outcome="disagree")
+    before = shadowed.stack.metric("tiergate_shadow_outcomes_total", shadow="int8-vs-fp32", outcome="disagree")
     ids = [f"int8-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(photos()))]
     for request_id, photo in zip(ids, photos()):
         response = shadowed.send(photo, "standard", request_id)
@@ -150,7 +148,7 @@ def test_int8_against_fp32_differences_are_measured_and_logged(shadowed):
         detail = orjson.loads(row["detail"])
         assert len(detail["primary"]) == len(detail["candidate"]) == 5
         assert max(detail["delta"].values()) == pytest.approx(row["max_delta"])
-    after = shadowed.metric("tiergate_shadow_outcomes_total", shadow="int8-vs-fp32", outcome="disagree")
+    after = shadowed.stack.metric("tiergate_shadow_outcomes_total", shadow="int8-vs-fp32", outcome="disagree")
     assert after - before == len(disagreements)
 
 
@@ -204,16 +202,16 @@ def test_report_reads_the_live_log(shadowed):
 def test_stopping_a_shadow_test_is_a_config_reload(shadowed):
     without = copy.deepcopy(shadowed.config)
     without["shadows"] = [test for test in without["shadows"] if test["name"] != "same-build"]
-    before = shadowed.metric("tiergate_shadow_mirrored_total", shadow="same-build")
+    before = shadowed.stack.metric("tiergate_shadow_mirrored_total", shadow="same-build")
     shadowed.stack.apply(without)
     try:
         for i in range(3):
             assert shadowed.send(cat_jpeg(), "premium", f"stopped-{i}").status_code == 200
-        assert shadowed.metric("tiergate_shadow_mirrored_total", shadow="same-build") == before
+        assert shadowed.stack.metric("tiergate_shadow_mirrored_total", shadow="same-build") == before
     finally:
         shadowed.stack.apply(shadowed.config)
     assert shadowed.send(cat_jpeg(), "premium", f"restarted-{uuid.uuid4().hex[:8]}").status_code == 200
-    assert shadowed.metric("tiergate_shadow_mirrored_total", shadow="same-build") == before + 1
+    assert shadowed.stack.metric("tiergate_shadow_mirrored_total", shadow="same-build") == before + 1
 
 
 def test_a_killed_target_leaves_the_primary_alone_and_counts_errors(shadowed):
@@ -229,8 +227,8 @@ def test_a_killed_target_leaves_the_primary_alone_and_counts_errors(shadowed):
     def failures() -> tuple[float, float]:
         """(shadow calls that failed, samples dropped because the target is down)"""
         return (
-            shadowed.metric("tiergate_shadow_errors_total", shadow="same-build", call="candidate"),
-            shadowed.metric("tiergate_shadow_dropped_total", shadow="same-build", reason="target_down"),
+            shadowed.stack.metric("tiergate_shadow_errors_total", shadow="same-build", call="candidate"),
+            shadowed.stack.metric("tiergate_shadow_dropped_total", shadow="same-build", reason="target_down"),
         )
 
     healthy, ids = premium("healthy")
