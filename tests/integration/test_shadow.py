@@ -83,7 +83,6 @@ class Shadowed:
         return wait_for(lambda: self.log_path.exists() and written(), timeout_s, 0.2)
 
 
-
 def shadow_config(base: dict, log_path: Path) -> dict:
     config = copy.deepcopy(base)
     config["pools"]["candidate"] = {"url": f"http://127.0.0.1:{CANDIDATE.inference_port}", "max_concurrency": 4}
