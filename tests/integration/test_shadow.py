@@ -85,7 +85,9 @@ class Shadowed:
 
 def shadow_config(base: dict, log_path: Path) -> dict:
     config = copy.deepcopy(base)
-    config["pools"]["candidate"] = {"url": f"http://127.0.0.1:{CANDIDATE.inference_port}", "max_concurrency": 4}
+    config["pools"]["candidate"] = {
+        "url": f"http://127.0.0.1:{CANDIDATE.inference_port}", "max_concurrency": 4, "models": ["resnet18"],
+    }
     config["shadow_log"] = str(log_path)
     common = {"model": "resnet18", "sample_rate": 1.0, "target_pool": "candidate", "max_concurrency": 16,
               "timeout_ms": 30_000}
