@@ -64,7 +64,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         header, binary = body[:header_length], memoryview(body)[header_length:]
     else:
         raise bad_request("Inference-Header-Content-Length is longer than the body")
-    request = parse_json_object(header)
+    request = _parse_json_object(header)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad_request('"id" must be a string')
@@ -85,7 +85,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     return InferRequest(tensors, request_id, _requested_outputs(request, binary_default), binary_default)
 
 
-def parse_json_object(text: bytes) -> dict:
+def _parse_json_object(text: bytes) -> dict:
     try:
         request = orjson.loads(text)
     except orjson.JSONDecodeError:

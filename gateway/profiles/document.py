@@ -15,11 +15,11 @@ import orjson
 from ..config import ShadowCompare
 from ..errors import GatewayError, bad_request
 from ..model_config import JsonModel, PassthroughModel
+from ..v2_codec import JSON_CONTENT_TYPES
 from .base import Comparison, PoolBody, Tensor, TensorSchema
 from .numeric import compare_numbers, flatten
 
 BODY = "body"
-JSON_CONTENT_TYPES = frozenset({"application/json", ""})
 
 
 class _Document:
