@@ -93,6 +93,12 @@ class TierConfig(Strict):
     )
     priority: int = Field(default=0, description="higher is served first under overload")
     deadline_ms: int = Field(default=10_000, ge=1, le=600_000)
+    attempt_timeout_ms: int | None = Field(
+        default=None, ge=1,
+        description="longest a call may wait on one pool while a later pool of `pools` could still take it "
+        "over (Envoy's per_try_timeout); the last pool gets all the time left. Default: the deadline shared "
+        "equally among `pools`, so a pool that hangs leaves the others time to answer",
+    )
     sheddable: bool = Field(default=True, description="may be refused with 429 to protect higher tiers")
 
 

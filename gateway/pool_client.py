@@ -133,8 +133,9 @@ class PoolClient:
         self._urls = {name: pool.url for name, pool in pools.items()}
         self.transport = transport
 
-    async def infer(self, pool: str, call: "Call") -> Inference:
-        time_left = call.time_left()
+    async def infer(self, pool: str, call: "Call", budget_s: float | None = None) -> Inference:
+        """`budget_s`: how long this attempt may take (at most the call's time left, the default)."""
+        time_left = call.time_left() if budget_s is None else min(budget_s, call.time_left())
         if time_left <= 0:
             raise PoolTimeout(f"deadline passed before pool {pool!r} was called")
         request = PoolRequest(
