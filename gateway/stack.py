@@ -132,7 +132,7 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
             if reload.is_set():
                 reload.clear()
                 reloads += 1
-                reload_error = _reload_gateway(config_path, announce)
+                config, reload_error = _reload_gateway(config_path, config, paths, announce)
                 persist()
             for keeper in keepers:
                 keeper.check()
@@ -171,8 +171,6 @@ def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
     import ray
     from ray import serve
 
-    from .app import build
-
     shutil.rmtree(paths.metrics, ignore_errors=True)
     paths.metrics.mkdir(parents=True)
     os.environ.update(ingress_environment(config, paths.haproxy))
@@ -182,28 +180,49 @@ def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
         namespace="tiergate",
         logging_level="WARNING",
         log_to_driver=False,
-        runtime_env={"env_vars": {"PROMETHEUS_MULTIPROC_DIR": str(paths.metrics)}},
     )
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
+    _deploy(config, paths)
 
 
-def _reload_gateway(config_path: Path, announce: Callable[[str], None]) -> str | None:
-    """Apply the config file's gateway policy to the running replicas (Ray Serve calls
-    `reconfigure` on them; nothing restarts); return why not, if it was refused.
-    Pools' local launch settings (ports, workers) take a restart of the stack."""
-    from ray import serve
+def _deploy(config: GatewayConfig, paths: StatePaths) -> None:
+    """Hand the application's config to Serve's controller: the declarative path (the one
+    `serve deploy` and KubeRay take), on which Serve reconfigures running replicas when only
+    `user_config` changed. (`serve.run` gives every deploy a new random version, so each
+    reload would replace the replicas: ~30 s and a stall of traffic.) The dashboard that
+    `serve deploy` talks to is off here, so the call goes to the controller through the
+    Serve client, as the dashboard's handler does."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
 
-    from .app import build
+    from .app import application
 
+    runtime_env = {"env_vars": {"PROMETHEUS_MULTIPROC_DIR": str(paths.metrics)}}
+    _get_global_client().deploy_apps(ServeDeploySchema(applications=[application(config, runtime_env)]))
+
+
+# Settings the running stack cannot take without starting again: Ray's ingress reads them once.
+RESTART_SETTINGS = ("host", "port", "ingress", "client_timeout_s")
+
+
+def _reload_gateway(
+    config_path: Path, running: GatewayConfig, paths: StatePaths, announce: Callable[[str], None]
+) -> tuple[GatewayConfig, str | None]:
+    """Apply the config file's gateway policy to the running replicas (Serve calls
+    `reconfigure` on them; nothing restarts) and return the config now running, with why
+    not where it was refused. Pools' local launch settings take a restart of the stack."""
     try:
         config = load_config(config_path)
-        serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
+        if changed := [name for name in RESTART_SETTINGS if getattr(config, name) != getattr(running, name)]:
+            raise StackError(f"{', '.join(changed)} changed: takes `tiergate down` and `tiergate up`")
+        if config.coalesce_scope != running.coalesce_scope:
+            announce("coalesce_scope changed: Serve replaces the gateway replicas (requests in flight finish first)")
+        _deploy(config, paths)
     except Exception as exc:  # a failed reload must never take the running stack down
         announce(f"reload refused, keeping the running config: {exc}")
-        return str(exc)
+        return running, str(exc)
     announce(f"reloaded {config_path}")
-    return None
+    return config, None
 
 
 # Ray Serve settings that cut the gateway's per-request cost, read from the environment of
