@@ -25,7 +25,7 @@ from typing import Callable
 
 import httpx
 
-from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError
+from torchserve_backend.launcher import INFERENCE_TOKEN_FILE, KEY_FILE, PoolProcess, PoolSpec, PoolStartError
 from torchserve_backend.processes import alive, processes_with_env, stop_group, stop_processes
 
 from .config import GatewayConfig, load_config
@@ -185,7 +185,7 @@ def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
     _deploy(config, paths)
 
 
-def _deploy(config: GatewayConfig, paths: StatePaths) -> None:
+def _deploy(config: GatewayConfig, paths: StatePaths) -> GatewayConfig:
     """Hand the application's config to Serve's controller: the declarative path (the one
     `serve deploy` and KubeRay take), on which Serve reconfigures running replicas when only
     `user_config` changed. (`serve.run` gives every deploy a new random version, so each
@@ -197,8 +197,39 @@ def _deploy(config: GatewayConfig, paths: StatePaths) -> None:
 
     from .app import application
 
+    deployed = _with_local_tokens(config, paths)
     runtime_env = {"env_vars": {"PROMETHEUS_MULTIPROC_DIR": str(paths.metrics)}}
-    _get_global_client().deploy_apps(ServeDeploySchema(applications=[application(config, runtime_env)]))
+    _get_global_client().deploy_apps(ServeDeploySchema(applications=[application(deployed, runtime_env)]))
+    return deployed
+
+
+def _with_local_tokens(config: GatewayConfig, paths: StatePaths) -> GatewayConfig:
+    """The config as the replicas get it: each local pool's calls carry the inference key its
+    TorchServe made (token auth stays on), read from the file the launcher keeps current."""
+    pools = {
+        name: pool.model_copy(update={"auth_token_file": paths.pools / name / INFERENCE_TOKEN_FILE})
+        if pool.local is not None and pool.local.token_auth and pool.auth_token_file is None else pool
+        for name, pool in config.pools.items()
+    }
+    return config.model_copy(update={"pools": pools})
+
+
+def _wait_config_applied(config: GatewayConfig, timeout_s: float = 60.0) -> None:
+    """Until the gateway answers with this config: HAProxy spreads the probes over the replicas,
+    so as many answers in a row as there are replicas, plus a couple."""
+    wanted, in_a_row = config.digest(), 0
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                running = client.get(gateway_url(config) + "/readyz").json().get("config")
+            except (httpx.TransportError, ValueError):
+                running = None
+            in_a_row = in_a_row + 1 if running == wanted else 0
+            if in_a_row >= config.replicas + 2:
+                return
+            time.sleep(0.1)
+    raise StackError(f"the gateway did not take the new config within {timeout_s:.0f}s")
 
 
 # Settings the running stack cannot take without starting again: Ray's ingress reads them once.
@@ -217,7 +248,7 @@ def _reload_gateway(
             raise StackError(f"{', '.join(changed)} changed: takes `tiergate down` and `tiergate up`")
         if config.coalesce_scope != running.coalesce_scope:
             announce("coalesce_scope changed: Serve replaces the gateway replicas (requests in flight finish first)")
-        _deploy(config, paths)
+        _wait_config_applied(_deploy(config, paths))
     except Exception as exc:  # a failed reload must never take the running stack down
         announce(f"reload refused, keeping the running config: {exc}")
         return running, str(exc)
@@ -373,6 +404,9 @@ def _write_state(
                 "name": keeper.name,
                 "inference_url": keeper.process.spec.inference_url,
                 "metrics_url": keeper.process.spec.metrics_url,
+                # TorchServe's keys (token auth stays on): the inference key alone, and all of them.
+                "token_file": str(keeper.process.spec.inference_token_file),
+                "key_file": str(keeper.process.spec.workdir / KEY_FILE),
                 "backend": keeper.backend,
                 "pid": keeper.process.pid,
                 # What stops the pool when its wrapper (pid) is dead and its frontend is not.

@@ -35,6 +35,14 @@ POOL_ENV = "TIERGATE_POOL_DIR"
 PID_FILE = ".model_server.pid"
 # What wait_ready reports for a model whose handler does not say which backend it runs.
 BACKEND_UNREPORTED = "unreported"
+# TorchServe writes its keys here (in its working directory, the pool's workdir) at start-up:
+# {"management": {"key": ...}, "inference": {"key": ...}, ...}, new ones at every start.
+KEY_FILE = "key_file.json"
+# The inference key alone, where the gateway reads it (its pools' `auth_token_file`).
+INFERENCE_TOKEN_FILE = "inference.token"
+# TorchServe's keys expire (default 60 min) and cannot be supplied from outside; the key
+# lives as long as the process that made it (10 years, still an int32 of seconds).
+TOKEN_EXPIRATION_MIN = 10 * 365 * 24 * 60
 
 
 class PoolStartError(RuntimeError):
@@ -76,6 +84,10 @@ class PoolSpec:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.launch.metrics_port}/metrics"
 
+    @property
+    def inference_token_file(self) -> Path:
+        return self.workdir / INFERENCE_TOKEN_FILE
+
 
 class PoolProcess:
     def __init__(self, spec: PoolSpec) -> None:
@@ -114,6 +126,7 @@ class PoolProcess:
         marker = str(spec.workdir.resolve())
         stop_processes(lambda: processes_with_env(POOL_ENV, marker), grace_s=5.0)
         (dirs["tmp"] / PID_FILE).unlink(missing_ok=True)
+        (spec.workdir / KEY_FILE).unlink(missing_ok=True)  # the keys read next must be this start's
         config_file = spec.workdir / "config.properties"
         config_file.write_text(render_properties(spec))
         env = {
@@ -137,8 +150,9 @@ class PoolProcess:
             "--start", "--foreground", "--ncs",
             "--model-store", str(spec.model_store),
             "--ts-config", str(config_file),
-            "--disable-token-auth",
         ]
+        if not spec.launch.token_auth:
+            command.append("--disable-token-auth")
         stdout = open(spec.workdir / "stdout.log", "wb")
         self._process = subprocess.Popen(
             command, cwd=spec.workdir, env=env, stdout=stdout, stderr=subprocess.STDOUT,
@@ -154,9 +168,29 @@ class PoolProcess:
         handler does not say (a stock MAR) adds nothing, unless no model says anything.
         """
         deadline = time.monotonic() + timeout_s
-        with httpx.Client(base_url=self.spec.management_url, trust_env=False, timeout=30.0) as client:
+        keys = self._wait_keys(deadline, timeout_s) if self.spec.launch.token_auth else None
+        headers = {"Authorization": f"Bearer {keys['management']['key']}"} if keys else {}
+        with httpx.Client(base_url=self.spec.management_url, headers=headers, trust_env=False, timeout=30.0) as client:
             backends = {self._wait_model(client, model, deadline, timeout_s) for model in self.spec.models}
+        if keys:  # written once the pool serves: a gateway re-reading the file after a restart finds the new key
+            token = self.spec.inference_token_file
+            staged = token.with_suffix(".new")
+            staged.write_text(keys["inference"]["key"])
+            staged.chmod(0o600)
+            staged.replace(token)
         return ",".join(sorted(backends - {BACKEND_UNREPORTED}) or [BACKEND_UNREPORTED])
+
+    def _wait_keys(self, deadline: float, timeout_s: float) -> dict:
+        """The keys TorchServe made at this start (token auth stays on: the management API can
+        load models and scale workers, and loopback is reachable by every local user)."""
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise PoolStartError(self._failure("exited during start-up"))
+            try:
+                return json.loads((self.spec.workdir / KEY_FILE).read_text())
+            except (OSError, ValueError):  # not written yet (or half written)
+                time.sleep(0.2)
+        raise PoolStartError(self._failure(f"wrote no {KEY_FILE} in {timeout_s:.0f}s"))
 
     def _wait_model(self, client: httpx.Client, model: str, deadline: float, timeout_s: float) -> str:
         while time.monotonic() < deadline:
@@ -245,4 +279,6 @@ def render_properties(spec: PoolSpec) -> str:
         workers=launch.workers,
         queue_size=launch.queue_size,
         java_heap_mb=launch.java_heap_mb,
+        token_expiration_min=TOKEN_EXPIRATION_MIN,
+        disable_token_authorization=str(not launch.token_auth).lower(),
     )
