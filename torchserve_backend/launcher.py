@@ -17,12 +17,17 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import httpx
 
 from gateway.config import GatewayConfig, LocalLaunch
+from gateway.run_settings import (
+    pool_launch,
+    pool_mars,
+    properties_text,
+    torchserve_properties,
+)
 
 from .processes import alive, processes_with_env, stop_group, stop_processes
 
@@ -54,12 +59,8 @@ class PoolSpec:
     @classmethod
     def from_config(cls, config: GatewayConfig, pool: str, model_store: Path, workdir: Path) -> PoolSpec:
         """The pool's local launch: exactly the models it serves, each with its MAR."""
-        models = config.pool_models(pool)
-        launch = config.pools[pool].local
-        if launch is None:
-            raise ValueError(f"pool {pool!r} has no `local:` launch settings")
-        mars = {model: config.models[model].mar for model in models if config.models[model].mar}
-        return cls(pool, tuple(models), model_store, launch, workdir, mars)
+        mars = pool_mars(config, pool)
+        return cls(pool, tuple(mars), model_store, pool_launch(config, pool), workdir, mars)
 
     def mar(self, model: str) -> str:
         return self.mars.get(model) or f"{model}-{self.launch.variant}.mar"
@@ -216,33 +217,11 @@ def reported_backend(describe: httpx.Response) -> str:
     return BACKEND_UNREPORTED
 
 
+LOCAL_PROPERTIES_HEADER = """TorchServe config for one tiergate pool; rendered by torchserve_backend.launcher.
+Every listener is on loopback (the management API must never be reachable), so the
+local stack runs without TorchServe tokens; in-cluster pools keep token auth on (k8s/)."""
+
+
 def render_properties(spec: PoolSpec) -> str:
-    launch = spec.launch
-    models = {
-        model: {
-            "1.0": {
-                "defaultVersion": True,
-                "marName": spec.mar(model),
-                "minWorkers": launch.workers,
-                "maxWorkers": launch.workers,
-                "batchSize": launch.batch_size,
-                "maxBatchDelay": launch.max_batch_delay_ms,
-                "responseTimeout": 120,
-            }
-        }
-        for model in spec.models
-    }
-    template = resources.files("torchserve_backend").joinpath("templates/pool.properties")
-    return template.read_text().format(
-        inference_port=launch.inference_port,
-        management_port=launch.management_port,
-        metrics_port=launch.metrics_port,
-        grpc_inference_port=launch.inference_port + 3,
-        grpc_management_port=launch.inference_port + 4,
-        model_store=spec.model_store,
-        load_models=",".join(f"{model}={spec.mar(model)}" for model in spec.models),
-        models_json=json.dumps(models, separators=(",", ":")),
-        workers=launch.workers,
-        queue_size=launch.queue_size,
-        java_heap_mb=launch.java_heap_mb,
-    )
+    mars = {model: spec.mar(model) for model in spec.models}
+    return properties_text(torchserve_properties(spec.launch, mars, str(spec.model_store)), LOCAL_PROPERTIES_HEADER)
