@@ -290,3 +290,16 @@ def test_main_reports_a_bad_config_without_writing(tmp_path, capsys):
     assert main(["--config", str(bad), "--out", str(tmp_path / "out")]) == 1
     assert "invalid config" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_renderer_imports_no_process_code():
+    """Shared values come from gateway/run_settings.py; the local supervisor and pool launcher stay out."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, gateway.k8s_render;"
+        "print(sorted(m for m in ('gateway.stack', 'torchserve_backend.launcher', 'gateway.pool_keeper') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
