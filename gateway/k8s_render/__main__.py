@@ -1,3 +1,5 @@
+"""`python -m gateway.k8s_render`: the same as `tiergate render-k8s`."""
+
 import sys
 
 from . import main
