@@ -19,19 +19,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
 from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError
-from torchserve_backend.processes import (
-    alive,
-    processes_with_env,
-    stop_group,
-    stop_processes,
-)
+from torchserve_backend.processes import alive, processes_with_env, stop_group, stop_processes
 
 from .config import GatewayConfig, load_config
 from .metrics import SUPERVISOR_METRICS_FILE

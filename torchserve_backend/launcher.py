@@ -22,12 +22,7 @@ from pathlib import Path
 import httpx
 
 from gateway.config import GatewayConfig, LocalLaunch
-from gateway.run_settings import (
-    pool_launch,
-    pool_mars,
-    properties_text,
-    torchserve_properties,
-)
+from gateway.run_settings import pool_launch, pool_mars, properties_text, torchserve_properties
 
 from .processes import alive, processes_with_env, stop_group, stop_processes
 

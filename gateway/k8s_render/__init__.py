@@ -22,16 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, GatewayConfig, load_config
-from . import (
-    auth_proxy,
-    autoscaling,
-    dashboard,
-    monitoring,
-    network_policies,
-    overlays,
-    pools,
-    ray_service,
-)
+from . import auth_proxy, autoscaling, dashboard, monitoring, network_policies, overlays, pools, ray_service
 from .common import RenderError
 from .common import pools as cluster_pools
 from .decisions import refuse
