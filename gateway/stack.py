@@ -31,6 +31,7 @@ from torchserve_backend.processes import alive, processes_with_env, stop_group, 
 from .config import GatewayConfig, load_config
 from .metrics import SUPERVISOR_METRICS_FILE
 from .pool_keeper import PoolKeeper, write_restart_metrics
+from .run_settings import ingress_settings
 
 READY_TIMEOUT_S = 600.0
 # How long stopping lets accepted requests finish before Ray is shut down regardless
@@ -254,35 +255,6 @@ def _reload_gateway(
         return running, str(exc)
     announce(f"reloaded {config_path}")
     return config, None
-
-
-# Ray Serve settings that cut the gateway's per-request cost, read from the environment of
-# every Ray process: set before Ray starts, here and in the KubeRay containers (k8s_render).
-# Measured in BENCHMARKS.md, "Gateway overhead".
-SERVE_TUNING_ENVIRONMENT = {
-    # The gateway's code is async and never blocks its loop, so it runs on the replica's own
-    # event loop instead of a second thread, saving two cross-thread hops a request.
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    # Otherwise HAProxy logs every request to a Python collector for Serve's HTTP metrics,
-    # which tiergate's own /metrics already counts.
-    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-    # Ray starts its workers at nice 15; the gateway replicas are the latency path.
-    "RAY_worker_niceness": "0",
-}
-# Ray Serve's ingress runs admit.IngressHeaders first: no header a client sends can steer
-# Ray Serve itself or make it answer a bare 500.
-INGRESS_CALLBACK_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "gateway.admit:ingress_middlewares"}
-
-
-def ingress_settings(config: GatewayConfig) -> dict[str, str]:
-    """What every Ray process of a gateway reads from its environment, here and on KubeRay."""
-    return {
-        **SERVE_TUNING_ENVIRONMENT,
-        **INGRESS_CALLBACK_ENVIRONMENT,
-        "RAY_SERVE_ENABLE_HA_PROXY": "1" if config.ingress == "haproxy" else "0",
-        # A silent client holds one of HAProxy's connection slots this long at most.
-        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(config.client_timeout_s),
-    }
 
 
 def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, str]:

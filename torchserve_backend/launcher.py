@@ -17,12 +17,12 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import httpx
 
 from gateway.config import GatewayConfig, LocalLaunch
+from gateway.run_settings import pool_launch, pool_mars, properties_text, torchserve_properties
 
 from .processes import alive, processes_with_env, stop_group, stop_processes
 
@@ -40,9 +40,6 @@ BACKEND_UNREPORTED = "unreported"
 KEY_FILE = "key_file.json"
 # The inference key alone, where the gateway reads it (its pools' `auth_token_file`).
 INFERENCE_TOKEN_FILE = "inference.token"
-# TorchServe's keys expire (default 60 min) and cannot be supplied from outside; the key
-# lives as long as the process that made it (10 years, still an int32 of seconds).
-TOKEN_EXPIRATION_MIN = 10 * 365 * 24 * 60
 
 
 class PoolStartError(RuntimeError):
@@ -62,12 +59,8 @@ class PoolSpec:
     @classmethod
     def from_config(cls, config: GatewayConfig, pool: str, model_store: Path, workdir: Path) -> PoolSpec:
         """The pool's local launch: exactly the models it serves, each with its MAR."""
-        models = config.pool_models(pool)
-        launch = config.pools[pool].local
-        if launch is None:
-            raise ValueError(f"pool {pool!r} has no `local:` launch settings")
-        mars = {model: config.models[model].mar for model in models if config.models[model].mar}
-        return cls(pool, tuple(models), model_store, launch, workdir, mars)
+        mars = pool_mars(config, pool)
+        return cls(pool, tuple(mars), model_store, pool_launch(config, pool), workdir, mars)
 
     def mar(self, model: str) -> str:
         return self.mars.get(model) or f"{model}-{self.launch.variant}.mar"
@@ -250,35 +243,12 @@ def reported_backend(describe: httpx.Response) -> str:
     return BACKEND_UNREPORTED
 
 
+LOCAL_PROPERTIES_HEADER = """TorchServe config for one tiergate pool; rendered by torchserve_backend.launcher.
+Every listener is on loopback, and token auth stays on: any local user reaches loopback,
+and the management API loads models and scales workers. The keys are in the pool's
+workdir (key_file.json); the gateway reads the inference key from inference.token."""
+
+
 def render_properties(spec: PoolSpec) -> str:
-    launch = spec.launch
-    models = {
-        model: {
-            "1.0": {
-                "defaultVersion": True,
-                "marName": spec.mar(model),
-                "minWorkers": launch.workers,
-                "maxWorkers": launch.workers,
-                "batchSize": launch.batch_size,
-                "maxBatchDelay": launch.max_batch_delay_ms,
-                "responseTimeout": 120,
-            }
-        }
-        for model in spec.models
-    }
-    template = resources.files("torchserve_backend").joinpath("templates/pool.properties")
-    return template.read_text().format(
-        inference_port=launch.inference_port,
-        management_port=launch.management_port,
-        metrics_port=launch.metrics_port,
-        grpc_inference_port=launch.inference_port + 3,
-        grpc_management_port=launch.inference_port + 4,
-        model_store=spec.model_store,
-        load_models=",".join(f"{model}={spec.mar(model)}" for model in spec.models),
-        models_json=json.dumps(models, separators=(",", ":")),
-        workers=launch.workers,
-        queue_size=launch.queue_size,
-        java_heap_mb=launch.java_heap_mb,
-        token_expiration_min=TOKEN_EXPIRATION_MIN,
-        disable_token_authorization=str(not launch.token_auth).lower(),
-    )
+    mars = {model: spec.mar(model) for model in spec.models}
+    return properties_text(torchserve_properties(spec.launch, mars, str(spec.model_store)), LOCAL_PROPERTIES_HEADER)
