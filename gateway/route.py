@@ -1,7 +1,7 @@
 """Routing: which pool serves a call, given tiers, capacity and pool health.
 
 For a tier, the pools in `pools` are tried in order, skipping any whose breaker is
-open; a pool that refuses the connection, drops it mid-call, answers 503 or does not
+open; a pool that refuses the connection, drops it mid-call, fails it (5xx) or does not
 answer within its attempt's budget hands the call to the next one (never twice to the
 same pool, always within the deadline). While a later pool could still take the call
 over, one attempt may use only `attempt_timeout_ms` of the time left (Envoy's
@@ -163,10 +163,10 @@ class Router:
                 if exc.status == 503:  # busy, not broken: let the next pool try
                     breaker.succeeded()
                     raise _TryNext("overloaded", exc) from None
-                if exc.status >= 500:
+                if exc.status >= 500:  # the pool's failure (an error, a refused token), not the call's
                     self._failed(pool)
-                else:
-                    breaker.succeeded()
+                    raise _TryNext("error", exc) from None
+                breaker.succeeded()
                 raise
             breaker.succeeded()
             return inference

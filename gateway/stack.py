@@ -473,15 +473,23 @@ def read_status(state_dir: Path) -> dict:
             if not _alive(pool["pid"]):
                 pool["state"] = "stopped"
             else:
-                pool["state"] = "ready" if _probe(client, pool["inference_url"] + "/ping") else "unhealthy"
+                pool["state"] = "ready" if _probe(client, pool["inference_url"] + "/ping", _token_header(pool)) else "unhealthy"
     return state
 
 
-def _probe(client: httpx.Client, url: str) -> bool:
+def _probe(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> bool:
     try:
-        return client.get(url).status_code == 200
+        return client.get(url, headers=headers).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _token_header(pool: dict) -> dict[str, str]:
+    """What TorchServe's token auth wants for the pool's /ping (none for a pool that runs without)."""
+    try:
+        return {"Authorization": "Bearer " + Path(pool["token_file"]).read_text().strip()}
+    except OSError:
+        return {}
 
 
 def _alive(pid: int | None) -> bool:

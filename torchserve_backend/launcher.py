@@ -162,15 +162,15 @@ class PoolProcess:
         """
         deadline = time.monotonic() + timeout_s
         keys = self._wait_keys(deadline, timeout_s) if self.spec.launch.token_auth else None
-        headers = {"Authorization": f"Bearer {keys['management']['key']}"} if keys else {}
-        with httpx.Client(base_url=self.spec.management_url, headers=headers, trust_env=False, timeout=30.0) as client:
-            backends = {self._wait_model(client, model, deadline, timeout_s) for model in self.spec.models}
-        if keys:  # written once the pool serves: a gateway re-reading the file after a restart finds the new key
+        if keys:  # at once: until then, a gateway re-reading the file after a restart has a stale key
             token = self.spec.inference_token_file
             staged = token.with_suffix(".new")
             staged.write_text(keys["inference"]["key"])
             staged.chmod(0o600)
             staged.replace(token)
+        headers = {"Authorization": f"Bearer {keys['management']['key']}"} if keys else {}
+        with httpx.Client(base_url=self.spec.management_url, headers=headers, trust_env=False, timeout=30.0) as client:
+            backends = {self._wait_model(client, model, deadline, timeout_s) for model in self.spec.models}
         return ",".join(sorted(backends - {BACKEND_UNREPORTED}) or [BACKEND_UNREPORTED])
 
     def _wait_keys(self, deadline: float, timeout_s: float) -> dict:

@@ -442,3 +442,21 @@ async def test_a_timeout_that_fires_late_opens_no_breaker():
     with pytest.raises(GatewayError):
         await router.dispatch(call(), on_time)
     assert router.breakers["gpu"].state is State.OPEN
+
+
+@pytest.mark.parametrize("failure", [
+    httpx.Response(500, json={"message": "worker died"}),
+    httpx.Response(400, json={"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed"}),
+], ids=["pool-error", "stale-token"])
+async def test_a_pool_failing_the_call_hands_it_to_the_next(failure):
+    """A restarted pool has a new key until the gateway re-reads it; a pool's 5xx is no fault of the call."""
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.host)
+        return failure if request.url.host == "gpu.pool" else by_pool(request)
+
+    async with gateway(handler, **FAILOVER) as client:
+        answer = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+    assert answer.status_code == 200 and answer.headers["x-tiergate-pool"] == "cpu"
+    assert calls == ["gpu.pool", "cpu.pool"]
