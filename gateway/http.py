@@ -93,8 +93,8 @@ class HttpFront:
             pools, _ = await self.pipeline.readiness()
             healthy = all(why is None for why in pools.values())
             return _json(200 if healthy else 500, {"status": "Healthy" if healthy else "Unhealthy"})
-        if path == "/api-description" or (path == "/" and method == "OPTIONS"):  # TorchServe's API description
-            _allow(method, "GET", "OPTIONS")
+        if path in ("/api-description", "/"):  # TorchServe's API description: GET the one, OPTIONS the other
+            _allow(method, "GET" if path == "/api-description" else "OPTIONS")
             return Response(self.openapi, 200, media_type="application/json")
         if path == "/healthz":
             _allow(method, "GET")

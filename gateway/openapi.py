@@ -141,7 +141,10 @@ def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
                 }
             },
             "/api-description": {"get": _get("this document (TorchServe's API description)", _json_object())},
-            "/": {"options": _get("this document (TorchServe's OPTIONS /)", _json_object())},
+            "/": {"options": {**_get("this document (TorchServe's OPTIONS /)", _json_object()), "responses": {
+                "200": {"description": "this document", "content": {"application/json": {"schema": _json_object()}}},
+                "405": _error("only OPTIONS is allowed"),
+            }}},
             "/readyz": {
                 "get": {
                     "summary": "200 when every serving pool answers TorchServe's ping; per model, whether its pools do",
