@@ -123,7 +123,7 @@ class HttpFront:
             body, media = admitted.body, admitted.content
             if isinstance(media, Form):  # the field TorchServe's handler would read, checked as a raw body
                 part = media.field(body)
-                body, media = part.body, profile.accept("" if part.content_type in UNTYPED else part.content_type)
+                body, media = part.body, _part_media(profile, part.content_type)
             pool_body = profile.admit(body, media)
             call = Call(model, version, admitted.tier, pool_body.body, request_id, admitted.deadline, pool_body.content_type)
             reply = await self.pipeline.infer(call)
@@ -148,6 +148,17 @@ def _content(request: Request, profile) -> str | Form:
     if media == "multipart/form-data":
         return Form.from_content_type(request.headers["content-type"])
     return profile.accept(media)
+
+
+def _part_media(profile, content_type: str) -> str:
+    """A form field's type as the model takes it; a field that does not say what it holds
+    (no type, text/plain, application/octet-stream) may be whatever the model takes untyped."""
+    try:
+        return profile.accept(content_type)
+    except GatewayError:
+        if content_type not in UNTYPED or not content_type:
+            raise
+        return profile.accept("")
 
 
 def _allow(method: str, *allowed: str) -> None:

@@ -172,3 +172,32 @@ async def test_versions_agree_across_both_apis(version, status):
         assert seen == [] and "serves version 1.0" in answers["predict"].json()["message"]
     else:
         assert [request.url.path for request in seen] == [f"/predictions/resnet18{'/' + version if version else ''}"] * 2
+
+
+async def test_form_fields_of_other_profiles_are_read_as_their_raw_bodies():
+    seen = []
+
+    def pool(request):
+        seen.append((request.url.path, request.headers["content-type"], request.content))
+        return httpx.Response(200, json={"ok": True})
+
+    models = {
+        "sentiment": {"profile": "json"},
+        "blob": {"profile": "passthrough"},  # takes application/octet-stream
+        "photos": {"profile": "passthrough", "content_types": ["image/jpeg"]},
+    }
+    async with gateway(pool, models=models) as client:
+        body, headers = form({"data": (None, '{ "text": "x" }')})  # a plain field, as curl -F 'data={...}'
+        document = await client.post("/predictions/sentiment", content=body, headers=headers)
+        body, headers = form({"data": ("d.bin", b"\x00\x01", "application/octet-stream")})
+        blob = await client.post("/predictions/blob", content=body, headers=headers)
+        body, headers = form({"data": ("k.jpg", jpeg(), "image/jpeg")})
+        photo = await client.post("/predictions/photos", content=body, headers=headers)
+        body, headers = form({"data": ("k.jpg", jpeg())})  # untyped: this model names no untyped form
+        untyped_photo = await client.post("/predictions/photos", content=body, headers=headers)
+    assert [document.status_code, blob.status_code, photo.status_code, untyped_photo.status_code] == [200, 200, 200, 415]
+    assert seen == [
+        ("/predictions/sentiment", "application/json", b'{"text":"x"}'),  # canonical, as a raw document
+        ("/predictions/blob", "application/octet-stream", b"\x00\x01"),
+        ("/predictions/photos", "image/jpeg", jpeg()),
+    ]
