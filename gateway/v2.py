@@ -45,9 +45,11 @@ TRITON_ONLY = (
 # Larger bodies are decoded off the event loop, so calls already admitted keep flowing
 # (below it a thread hand-off costs more than the parse).
 PARSE_IN_THREAD_BYTES = 64 * 1024
-SERVER_METADATA = orjson.dumps(
-    {"name": "tiergate", "version": importlib.metadata.version("tiergate"), "extensions": ["binary_tensor_data"]}
-)
+SERVER_METADATA = orjson.dumps({
+    "name": "tiergate",
+    "version": importlib.metadata.version("tiergate"),
+    "extensions": ["binary_tensor_data", "model_configuration"],
+})
 
 
 class OpenInferenceFront:
