@@ -11,7 +11,7 @@ Settings come from the environment:
     TIERGATE_MODEL        model name in the URL                 (default resnet18)
     TIERGATE_TIER_WEIGHTS tier=weight,...                       (default premium=1,standard=3,batch=1)
     TIERGATE_API_KEY      sent as `Authorization: Bearer ...`   (when the deployment uses API keys)
-    TIERGATE_IMAGES       a directory of .jpg/.jpeg/.png files  (default: one synthetic JPEG)
+    TIERGATE_IMAGES       a directory of .jpg/.jpeg/.png files  (default: bench/cat.jpg, beside this file)
     TIERGATE_UNIQUE       1: append a distinct trailer to every body so that coalescing and
                           the response cache cannot answer it (default 1; 0 measures them)
 
@@ -26,7 +26,6 @@ load generator on a small machine measures itself as much as the gateway.
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import random
@@ -35,6 +34,8 @@ from pathlib import Path
 from locust import FastHttpUser, between, task
 
 MODEL = os.environ.get("TIERGATE_MODEL", "resnet18")
+# scikit-image's Chelsea the cat, shipped as a file: Locust's venv needs nothing but locust.
+DEFAULT_IMAGE = Path(__file__).with_name("cat.jpg")
 UNIQUE = os.environ.get("TIERGATE_UNIQUE", "1") == "1"
 
 
@@ -59,11 +60,7 @@ def load_images() -> list[tuple[bytes, str]]:
         if not images:
             raise SystemExit(f"TIERGATE_IMAGES={directory} holds no .jpg/.jpeg/.png files")
         return images
-    from PIL import Image  # only for the default image; Locust installs without Pillow
-
-    buffer = io.BytesIO()
-    Image.radial_gradient("L").convert("RGB").resize((320, 240)).save(buffer, format="JPEG", quality=90)
-    return [(buffer.getvalue(), "image/jpeg")]
+    return [(DEFAULT_IMAGE.read_bytes(), "image/jpeg")]
 
 
 IMAGES = load_images()

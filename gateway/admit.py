@@ -22,7 +22,6 @@ from .errors import GatewayError, bad_request
 
 T = TypeVar("T")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # never "..", "/" or a query
 # Headers Ray Serve's own ingress obeys (request timeout, disconnect handling, session and
 # multiplexing routing; names compared with "-" as "_") and decodes as UTF-8, answering a
 # bare 500 when that fails. Clients give Ray Serve no instructions: ingress_middlewares.
@@ -118,8 +117,10 @@ def ingress_middlewares() -> list:
 def check_model(config: GatewayConfig, model: str, version: str | None = None) -> None:
     if model not in config.models:
         raise GatewayError(404, "ModelNotFound", f"no such model; served models: {', '.join(config.models)}")
-    if version is not None and not VERSION.fullmatch(version):
-        raise GatewayError(404, "ModelNotFound", "no such model version")
+    if version is not None and version != config.models[model].version:
+        # The pools register exactly this version (torchserve_backend/launcher.py renders it), and
+        # TorchServe matches versions as strings: readiness, metadata and inference agree on it.
+        raise GatewayError(404, "ModelNotFound", f"no such model version; this model serves version {config.models[model].version}")
 
 
 def content_type(request: Request) -> str:

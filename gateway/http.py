@@ -1,7 +1,8 @@
 """The HTTP surface: routing and error mapping for both APIs in one place.
 
-The TorchServe-compatible inference API is rendered here; the Open Inference Protocol's
-paths are handed to `gateway.v2`. Fronts only parse, render and render errors: admission
+The TorchServe-compatible inference API is rendered here, as TorchServe takes it (POST or
+PUT, a raw body or a form upload: gateway/multipart.py; /ping, /api-description); the Open
+Inference Protocol's paths are handed to `gateway.v2`. Fronts only parse, render and render errors: admission
 (gateway/admit.py), what a body means (the model's profile) and serving it (the pipeline)
 are the same for both. Kept free of Ray so any ASGI host can serve it; `gateway.app`
 wraps it in a Ray Serve deployment.
@@ -24,6 +25,7 @@ from .auth import KeyBook
 from .call import Call
 from .config import GatewayConfig
 from .errors import GatewayError
+from .multipart import UNTYPED, Form
 from .pipeline import Coalesce, Pipeline
 from .pool_client import Transport
 from .pool_metrics import pool_exposition
@@ -85,8 +87,16 @@ class HttpFront:
             return await self.v2.handle(request, request_id, arrived)
         match = PREDICT.match(path)
         if match:
-            _allow(method, "POST")
+            _allow(method, "POST", "PUT")  # TorchServe's README uploads with `curl -T` (PUT)
             return await self._predict(request, request_id, arrived, match.group(1), match.group(2))
+        if path == "/ping":  # TorchServe's health check, answered as TorchServe answers it
+            _allow(method, "GET")
+            pools, _ = await self.pipeline.readiness()
+            healthy = all(why is None for why in pools.values())
+            return _json(200 if healthy else 500, {"status": "Healthy" if healthy else "Unhealthy"})
+        if path in ("/api-description", "/"):  # TorchServe's API description: GET the one, OPTIONS the other
+            _allow(method, "GET" if path == "/api-description" else "OPTIONS")
+            return Response(self.openapi, 200, media_type="application/json")
         if path == "/healthz":
             _allow(method, "GET")
             return _json(200, {"status": "alive"})
@@ -107,10 +117,15 @@ class HttpFront:
         self, request: Request, request_id: str, arrived: float, model: str, version: str | None
     ) -> Response:
         admitted = await self.admission.admit(
-            request, model, version, arrived, lambda req: self.pipeline.profiles[model].accept(admit.content_type(req))
+            request, model, version, arrived, lambda req: _content(req, self.pipeline.profiles[model])  # model known by then
         )
+        profile = self.pipeline.profiles[model]
         try:
-            pool_body = self.pipeline.profiles[model].admit(admitted.body, admitted.content)
+            body, media = admitted.body, admitted.content
+            if isinstance(media, Form):  # the field TorchServe's handler would read, checked as a raw body
+                part = media.field(body)
+                body, media = part.body, _part_media(profile, part.content_type)
+            pool_body = profile.admit(body, media)
             call = Call(model, version, admitted.tier, pool_body.body, request_id, admitted.deadline, pool_body.content_type)
             reply = await self.pipeline.infer(call)
         except GatewayError as exc:
@@ -128,9 +143,28 @@ class HttpFront:
         return _json(200, {"status": "ready", "pools": sorted(pools), "models": models, "config": self.config_digest})
 
 
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise GatewayError(405, "MethodNotAllowed", f"use {allowed}", {"Allow": allowed})
+def _content(request: Request, profile) -> str | Form:
+    """The TorchServe API's content rule: a form upload, or a body of a type the model takes (415)."""
+    media = admit.content_type(request)
+    if media == "multipart/form-data":
+        return Form.from_content_type(request.headers["content-type"])
+    return profile.accept(media)
+
+
+def _part_media(profile, content_type: str) -> str:
+    """A form field's type as the model takes it; a field that does not say what it holds
+    (no type, text/plain, application/octet-stream) may be whatever the model takes untyped."""
+    try:
+        return profile.accept(content_type)
+    except GatewayError:
+        if content_type not in UNTYPED or not content_type:
+            raise
+        return profile.accept("")
+
+
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise GatewayError(405, "MethodNotAllowed", f"use {' or '.join(allowed)}", {"Allow": ", ".join(allowed)})
 
 
 def _json(status: int, payload: dict) -> Response:

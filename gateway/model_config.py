@@ -10,6 +10,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# What a model version may be called: never "..", "/" or a query (it goes into a pool's URL).
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+DEFAULT_VERSION = "1.0"  # what model/ archives every MAR as
 
 
 class Strict(BaseModel):
@@ -47,6 +50,11 @@ class TensorSpec(Strict):
 class _Model(Strict):
     """What every model shares, whatever its profile."""
 
+    version: str = Field(
+        default=DEFAULT_VERSION, pattern=f"^{VERSION.pattern}$",
+        description="the version the model's MAR declares, which the pools register it under (TorchServe"
+        " matches the exact string: 1 is not 1.0); the one version both APIs list and accept",
+    )
     max_body_bytes: int | None = Field(default=None, ge=1, description="this model's body limit (default: the gateway's)")
     coalesce: bool = Field(default=True, description="identical concurrent requests share one pool call (with the gateway's `coalesce`)")
     cache: CacheConfig | None = Field(default=None, description="a response cache for this model (off if absent)")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .admit import VERSION as VERSION_PATTERN
 from .config import GatewayConfig
+from .model_config import VERSION as VERSION_PATTERN
 from .profiles import profile_for
 from .profiles.base import infer_request_schema, infer_response_schema
 
@@ -25,7 +25,7 @@ PREDICT_ERRORS = {
     "401": "API keys are in use and the request has no valid one",
     "403": "the API key may not use the claimed tier",
     "404": "no such model or model version",
-    "405": "only POST is allowed",
+    "405": "only POST or PUT is allowed",
     "413": "body over the model's max_body_bytes (refused before it is read), or more rows than it takes",
     "415": "a content type the model does not take",
     "422": "the model's handler failed on this input (TorchServe's 503 'Prediction failed')",
@@ -55,11 +55,15 @@ def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
     # A model's paths admit callers as inference does: who asks, then which model.
     caller = {"401": _v2_error(PREDICT_ERRORS["401"])} if keys_required else {}
     v2_model = _v2_get("model metadata: its inputs and outputs", {"404": _v2_error("no such model or version"), **caller})
+    v2_config = _v2_get(
+        "Triton's model configuration: max_batch_size, and each input's data_type, dims and whether it is optional",
+        {"404": _v2_error("no such model or version"), **caller},
+    )
     v2_ready = _v2_get(
         "the model is ready when every pool serving it answers",
         {"404": _v2_error("no such model or version"), "503": _v2_error("not ready, and why"), **caller},
     )
-    for operation in (v2_model, v2_ready):
+    for operation in (v2_model, v2_config, v2_ready):
         operation["get"].update(security)
     paths: dict[str, Any] = {}
     for name, profile in profiles.items():
@@ -67,10 +71,7 @@ def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
         predict = {
             "summary": f"{name} ({model.profile}), served by the pool the SLA tier maps to",
             "parameters": inference_headers,
-            "requestBody": {
-                **profile.request_schema(),
-                "description": f"at most {config.body_limit(name)} bytes",
-            },
+            "requestBody": _with_form(profile.request_schema(), config.body_limit(name)),
             "responses": {
                 "200": {
                     "description": "the model's answer",
@@ -103,13 +104,17 @@ def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
             **security,
         }
         paths.update({
-            f"/predictions/{name}": {"post": predict},
-            f"/predictions/{name}/{{version}}": {"post": {**predict, "parameters": [*inference_headers, version]}},
+            f"/predictions/{name}": {"post": predict, "put": predict},
+            f"/predictions/{name}/{{version}}": {
+                method: {**predict, "parameters": [*inference_headers, version]} for method in ("post", "put")
+            },
             f"/v2/models/{name}": v2_model,
+            f"/v2/models/{name}/config": v2_config,
             f"/v2/models/{name}/ready": v2_ready,
             f"/v2/models/{name}/infer": {"post": infer},
             f"/v2/models/{name}/versions/{{version}}": {"parameters": [version], **v2_model},
             f"/v2/models/{name}/versions/{{version}}/ready": {"parameters": [version], **v2_ready},
+            f"/v2/models/{name}/versions/{{version}}/config": {"parameters": [version], **v2_config},
             f"/v2/models/{name}/versions/{{version}}/infer": {"post": {**infer, "parameters": [*inference_headers, version]}},
         })
     return {
@@ -125,6 +130,21 @@ def document(config: GatewayConfig, keys_required: bool) -> dict[str, Any]:
             "/v2/health/live": _v2_get("the gateway process is alive", {}),
             "/v2/health/ready": _v2_get("every serving pool answers", {"503": _v2_error("not ready, and why")}),
             "/healthz": {"get": _get("the gateway process is alive", _json_object())},
+            "/ping": {
+                "get": {
+                    "summary": "TorchServe's health check: Healthy when every serving pool answers",
+                    "responses": {
+                        "200": {"description": "Healthy", "content": {"application/json": {"schema": _status()}}},
+                        "500": {"description": "Unhealthy (TorchServe's status)", "content": {"application/json": {"schema": _status()}}},
+                        "405": _error("only GET is allowed"),
+                    },
+                }
+            },
+            "/api-description": {"get": _get("this document (TorchServe's API description)", _json_object())},
+            "/": {"options": {**_get("this document (TorchServe's OPTIONS /)", _json_object()), "responses": {
+                "200": {"description": "this document", "content": {"application/json": {"schema": _json_object()}}},
+                "405": _error("only OPTIONS is allowed"),
+            }}},
             "/readyz": {
                 "get": {
                     "summary": "200 when every serving pool answers TorchServe's ping; per model, whether its pools do",
@@ -186,6 +206,19 @@ def _v2_error(description: str) -> dict[str, Any]:
 def _v2_get(summary: str, errors: dict[str, Any]) -> dict[str, Any]:
     ok = {"description": summary, "content": {"application/json": {"schema": _json_object()}}}
     return {"get": {"summary": summary, "responses": {"200": ok, "405": _v2_error("only GET is allowed"), **errors}}}
+
+
+def _with_form(body: dict[str, Any], limit: int) -> dict[str, Any]:
+    """A model's request body, also as TorchServe's form upload: its `data` field (gateway/multipart.py)."""
+    form = {"schema": {
+        "type": "object", "required": ["data"],
+        "properties": {"data": {"type": "string", "format": "binary", "description": "the body the model takes raw"}},
+    }}
+    return {**body, "description": f"at most {limit} bytes", "content": {**body["content"], "multipart/form-data": form}}
+
+
+def _status() -> dict[str, Any]:
+    return {"type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["Healthy", "Unhealthy"]}}}
 
 
 def _json_object() -> dict[str, Any]:

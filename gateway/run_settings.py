@@ -67,12 +67,19 @@ def pool_mars(config: GatewayConfig, pool: str) -> dict[str, str]:
     return {model: config.models[model].mar or f"{model}-{variant}.mar" for model in config.pool_models(pool)}
 
 
-def torchserve_properties(launch: LocalLaunch, mars: Mapping[str, str], model_store: str) -> dict[str, str]:
+def pool_versions(config: GatewayConfig, pool: str) -> dict[str, str]:
+    """model → the version its MAR declares (the model config's `version:`), which the pool registers."""
+    return {model: config.models[model].version for model in config.pool_models(pool)}
+
+
+def torchserve_properties(
+    launch: LocalLaunch, mars: Mapping[str, str], versions: Mapping[str, str], model_store: str
+) -> dict[str, str]:
     """One pool's TorchServe config.properties, as keys and values (the local stack's listeners:
     all on loopback, token auth as the launch says; the cluster overrides listeners and auth)."""
     models = {
         model: {
-            "1.0": {
+            versions[model]: {
                 "defaultVersion": True,
                 "marName": mar,
                 "minWorkers": launch.workers,

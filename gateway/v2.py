@@ -6,6 +6,7 @@ KServe and Triton clients (tritonclient.http, kserve's REST client) speak it:
     GET  /v2/health/live | /v2/health/ready       liveness; readiness (every serving pool pings)
     GET  /v2/models/{m}[/versions/{v}]            model metadata: the model's profile's inputs and outputs
     GET  /v2/models/{m}[/versions/{v}]/ready      model readiness (the pools serving it ping)
+    GET  /v2/models/{m}[/versions/{v}]/config     Triton's model configuration (gateway/triton_config.py)
     POST /v2/models/{m}[/versions/{v}]/infer      inference
 
 An infer request is admitted as on the TorchServe API (gateway/admit.py), decoded
@@ -30,15 +31,25 @@ from .call import Call
 from .errors import GatewayError, bad_request
 from .pipeline import Pipeline
 from .responses import served_headers
+from .triton_config import PLATFORM, model_config
 from .v2_codec import binary_header_length, parse_infer_request, render_infer_response
 
-MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?/?$")
+MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer|config))?/?$")
+# Triton's own extensions beyond the protocol: a clear refusal naming what is missing, not a bare 404.
+TRITON_ONLY = (
+    (re.compile(r"^/v2/repository(/|$)"), "model repository (index, load, unload): the pools' operators manage models"),
+    (re.compile(r"^/v2/models/stats$|^/v2/models/[^/]+(/versions/[^/]+)?/stats$"), "statistics: see GET /metrics"),
+    (re.compile(r"^/v2/(systemsharedmemory|cudasharedmemory)(/|$)"), "shared memory: send tensors in the request body"),
+    (re.compile(r"^/v2/trace/|^/v2/models/[^/]+/trace/|^/v2/logging$"), "trace and logging settings"),
+)
 # Larger bodies are decoded off the event loop, so calls already admitted keep flowing
 # (below it a thread hand-off costs more than the parse).
 PARSE_IN_THREAD_BYTES = 64 * 1024
-SERVER_METADATA = orjson.dumps(
-    {"name": "tiergate", "version": importlib.metadata.version("tiergate"), "extensions": ["binary_tensor_data"]}
-)
+SERVER_METADATA = orjson.dumps({
+    "name": "tiergate",
+    "version": importlib.metadata.version("tiergate"),
+    "extensions": ["binary_tensor_data", "model_configuration"],
+})
 
 
 class OpenInferenceFront:
@@ -56,7 +67,7 @@ class OpenInferenceFront:
         """`arrived`: time.monotonic() when the request came in; its tier's deadline runs from then."""
         path, method = request.scope["path"].rstrip("/"), request.method
         match = MODEL_PATH.match(path)
-        if match:
+        if match and not (path == "/v2/models/stats" and "stats" not in self.pipeline.config.models):
             model, version, action = match.groups()
             if action == "infer":
                 _allow(method, "POST")
@@ -67,9 +78,12 @@ class OpenInferenceFront:
                 await self._check_ready(model)
                 return _json({"name": model, "ready": True})
             profile = self.pipeline.profiles[model]
+            if action == "config":
+                return _json(model_config(model, profile))
             return _json({
                 "name": model,
-                "platform": "torchserve",
+                "versions": [self.pipeline.config.models[model].version],
+                "platform": PLATFORM,
                 "inputs": [schema.metadata() for schema in profile.inputs],
                 "outputs": [schema.metadata() for schema in profile.outputs],
             })
@@ -81,6 +95,9 @@ class OpenInferenceFront:
                 await self._check_ready(None)
                 return _json({"ready": True})
             return _json({"live": True})
+        for pattern, extension in TRITON_ONLY:
+            if pattern.match(path):
+                raise GatewayError(400, "NotSupported", f"tiergate does not implement Triton's {extension}")
         raise GatewayError(404, "NotFound", "no such endpoint; inference is POST /v2/models/{model}/infer")
 
     async def _check_ready(self, model: str | None) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from gateway.config import GatewayConfig, LocalLaunch
+from gateway.model_config import DEFAULT_VERSION as DEFAULT_MODEL_VERSION
 from gateway.run_settings import pool_launch, pool_mars, properties_text, torchserve_properties
 
 from .processes import alive, processes_with_env, stop_group, stop_processes
@@ -55,15 +56,21 @@ class PoolSpec:
     workdir: Path
     # model → the MAR file it loads instead of <model>-<variant>.mar (the model config's `mar:`)
     mars: Mapping[str, str] = field(default_factory=dict)
+    # model → the version its MAR declares (the model config's `version:`; default 1.0)
+    versions: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: GatewayConfig, pool: str, model_store: Path, workdir: Path) -> PoolSpec:
         """The pool's local launch: exactly the models it serves, each with its MAR."""
         mars = pool_mars(config, pool)
-        return cls(pool, tuple(mars), model_store, pool_launch(config, pool), workdir, mars)
+        versions = {model: config.models[model].version for model in mars}
+        return cls(pool, tuple(mars), model_store, pool_launch(config, pool), workdir, mars, versions)
 
     def mar(self, model: str) -> str:
         return self.mars.get(model) or f"{model}-{self.launch.variant}.mar"
+
+    def version(self, model: str) -> str:
+        return self.versions.get(model, DEFAULT_MODEL_VERSION)
 
     @property
     def management_url(self) -> str:
@@ -190,12 +197,24 @@ class PoolProcess:
             if not self.running:
                 raise PoolStartError(self._failure("exited during start-up"))
             try:
-                if worker_ready(client.get(f"/models/{model}")):
+                describe = client.get(f"/models/{model}")
+                if worker_ready(describe):
+                    self._check_version(model, describe)
                     return reported_backend(client.get(f"/models/{model}", params={"customized": "true"}))
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
         raise PoolStartError(self._failure(f"model {model!r} not ready after {timeout_s:.0f}s"))
+
+    def _check_version(self, model: str, describe: httpx.Response) -> None:
+        """The gateway lists and accepts only the configured version: a MAR registered under
+        another one would answer every versioned call 404, so the start fails instead."""
+        served = served_versions(describe)
+        if self.spec.version(model) not in served:
+            raise PoolStartError(self._failure(
+                f"model {model!r} is served as version {', '.join(served) or '(none)'}, but its config says"
+                f" version {self.spec.version(model)!r} (set `version:` to the MAR's version)"
+            ))
 
     def stop(self, grace_s: float = 15.0) -> list[int]:
         """Stop the pool's whole group, also when the wrapper is already dead; return survivors."""
@@ -226,6 +245,11 @@ def worker_ready(describe: httpx.Response) -> bool:
     return any(worker.get("status") == "READY" for version in describe.json() for worker in version.get("workers", []))
 
 
+def served_versions(describe: httpx.Response) -> list[str]:
+    """The model versions a management API describe answer lists (TorchServe's strings)."""
+    return [str(version["modelVersion"]) for version in describe.json() if "modelVersion" in version]
+
+
 def reported_backend(describe: httpx.Response) -> str:
     """The backend a customized describe reports: tiergate's handler answers {"backend": ...}."""
     if describe.status_code != 200:
@@ -251,4 +275,5 @@ workdir (key_file.json); the gateway reads the inference key from inference.toke
 
 def render_properties(spec: PoolSpec) -> str:
     mars = {model: spec.mar(model) for model in spec.models}
-    return properties_text(torchserve_properties(spec.launch, mars, str(spec.model_store)), LOCAL_PROPERTIES_HEADER)
+    versions = {model: spec.version(model) for model in spec.models}
+    return properties_text(torchserve_properties(spec.launch, mars, versions, str(spec.model_store)), LOCAL_PROPERTIES_HEADER)

@@ -44,6 +44,7 @@ DECISIONS: dict[str, tuple[str, str]] = {
     "shadow_log_max_rows": (USER_CONFIG, ""),
     "models": (MANIFESTS, "user_config; the MARs each pool Deployment loads"),
     "models.*.profile": (USER_CONFIG, ""),
+    "models.*.version": (MANIFESTS, "user_config; the version each pool's TorchServe registers the model under"),
     "models.*.max_body_bytes": (MANIFESTS, "user_config; the auth proxy's client_max_body_size of pools serving it"),
     "models.*.coalesce": (USER_CONFIG, ""),
     "models.*.cache": (USER_CONFIG, ""),

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from ..config import GatewayConfig
-from ..run_settings import pool_mars, properties_text, torchserve_properties
+from ..run_settings import pool_mars, pool_versions, properties_text, torchserve_properties
 from . import auth_proxy
 from .common import (
     MODEL_STORE,
@@ -48,7 +48,7 @@ def render(config: GatewayConfig, settings: ClusterSettings) -> dict[str, list[d
 
 def properties(config: GatewayConfig, pool: Pool) -> str:
     """The pool's config.properties: the local stack's, with the listeners and auth of a pod."""
-    values = torchserve_properties(pool.launch, pool_mars(config, pool.name), str(MODEL_STORE))
+    values = torchserve_properties(pool.launch, pool_mars(config, pool.name), pool_versions(config, pool.name), str(MODEL_STORE))
     values.update(
         inference_address=f"http://127.0.0.1:{TORCHSERVE_LOOPBACK_PORT}",
         management_address=f"http://0.0.0.0:{pool.launch.management_port}",

@@ -25,6 +25,7 @@ class TensorSchema:
     datatype: str
     shape: tuple[int, ...]
     rows: str = "rows"  # what one entry of the batch dimension is, for messages
+    layout: str | None = None  # an image tensor's dimension order ("NCHW"), for clients that ask
 
     def metadata(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}

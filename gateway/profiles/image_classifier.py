@@ -45,7 +45,7 @@ MAX_IMAGES = 32
 
 
 class ImageClassifierProfile:
-    inputs = [TensorSchema(IMAGES, "BYTES", (-1,), "images"), TensorSchema(PIXELS, "FP32", (-1, *PIXEL_DIMS), "images")]
+    inputs = [TensorSchema(IMAGES, "BYTES", (-1,), "images"), TensorSchema(PIXELS, "FP32", (-1, *PIXEL_DIMS), "images", "NCHW")]
     outputs = [TensorSchema(PROBABILITIES, "FP32", (-1, TOP_K)), TensorSchema(LABELS, "BYTES", (-1, TOP_K))]
     max_batch = MAX_IMAGES
     one_input_of = True  # the inputs are alternatives: a request carries exactly one

@@ -49,7 +49,9 @@ def test_document_describes_each_configured_model_and_the_tiers():
         assert "500" not in predict["responses"] and "security" not in predict
         assert f"/v2/models/{model}/infer" in document["paths"]
     paths = document["paths"]
-    assert list(paths["/predictions/resnet18"]["post"]["requestBody"]["content"]) == ["image/jpeg", "image/png", "application/octet-stream"]
+    assert list(paths["/predictions/resnet18"]["post"]["requestBody"]["content"]) == ["image/jpeg", "image/png", "application/octet-stream", "multipart/form-data"]
+    assert paths["/predictions/resnet18"]["put"] == paths["/predictions/resnet18"]["post"]
+    assert "/v2/models/resnet18/config" in paths and "/ping" in paths
     assert paths["/predictions/sentiment"]["post"]["requestBody"]["content"]["application/json"]["schema"]["required"] == ["text"]
     digits = paths["/v2/models/digits/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert digits["properties"]["inputs"]["items"]["properties"]["name"]["enum"] == ["features"]

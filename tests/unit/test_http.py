@@ -43,11 +43,11 @@ async def test_versioned_path_and_request_id_reach_the_pool():
 
     async with gateway(handler) as client:
         response = await client.post(
-            "/predictions/resnet18/2.0", content=jpeg(), headers={"X-Request-ID": "abc-123"}
+            "/predictions/resnet18/1.0", content=jpeg(), headers={"X-Request-ID": "abc-123"}
         )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "abc-123"
-    assert seen == [("/predictions/resnet18/2.0", "abc-123")]
+    assert seen == [("/predictions/resnet18/1.0", "abc-123")]
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ async def test_unknown_model_method_and_path():
         wrong_method = await client.get("/predictions/resnet18")
         unknown_path = await client.get("/management/models")
     assert unknown_model.status_code == 404 and "resnet18" in unknown_model.json()["message"]
-    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST, PUT"
     assert unknown_path.status_code == 404
 
 

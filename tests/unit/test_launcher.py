@@ -10,7 +10,14 @@ import pytest
 
 from gateway.cli import default_config
 from gateway.config import load_config
-from torchserve_backend.launcher import BACKEND_UNREPORTED, PoolSpec, render_properties, reported_backend, worker_ready
+from torchserve_backend.launcher import (
+    BACKEND_UNREPORTED,
+    PoolSpec,
+    render_properties,
+    reported_backend,
+    served_versions,
+    worker_ready,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +58,15 @@ def test_a_model_config_mar_applies_to_every_pool(config):
     data["pools"]["gpu"]["models"].append("stock-classifier")
     both = type(config).model_validate(data)
     assert spec(both, "gpu").mar("stock-classifier") == spec(both, "cpu").mar("stock-classifier") == "stock-classifier.mar"
+
+
+def test_a_models_declared_version_is_the_one_its_pools_configure(config):
+    data = config.model_dump(mode="json", exclude_none=True)
+    data["models"]["stock-classifier"]["version"] = "2.1"
+    rendered = json.loads(properties(render_properties(spec(type(config).model_validate(data), "cpu")))["models"])
+    assert list(rendered["stock-classifier"]) == ["2.1"] and list(rendered["resnet18"]) == ["1.0"]
+    describe = httpx.Response(200, json=[{"modelName": "m", "modelVersion": "2.1", "workers": []}])
+    assert served_versions(describe) == ["2.1"]
 
 
 def test_a_pool_without_local_launch_settings_is_refused(config):

@@ -8,17 +8,25 @@ import time
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.pool_client import PoolResponse, _batch_size
 
 from .fakes import by_pool, gateway, jpeg
 
+# As TorchServe writes them (its Java client: counters without _total, a trailing comma).
 TORCHSERVE_METRICS = """# HELP ts_inference_requests_total Total number of inference requests.
 # TYPE ts_inference_requests_total counter
-ts_inference_requests_total{model_name="resnet18",model_version="default",hostname="h"} 7.0
+ts_inference_requests_total{model_name="resnet18",model_version="default",hostname="h",} 7.0
 # HELP ts_queue_latency_microseconds Cumulative queue duration in microseconds
 # TYPE ts_queue_latency_microseconds counter
-ts_queue_latency_microseconds{model_name="resnet18",model_version="default",hostname="h"} 1234.5
+ts_queue_latency_microseconds{model_name="resnet18",model_version="default",hostname="h",} 1234.5
+# HELP Requests2XX Logged 2XX requests
+# TYPE Requests2XX counter
+Requests2XX{Level="Host",Hostname="h",} 5.0
+# HELP CPUUtilization CPU utilization
+# TYPE CPUUtilization gauge
+CPUUtilization 12.5
 """
 
 POOLS = {
@@ -35,9 +43,32 @@ async def test_pool_series_are_reexported_with_a_pool_label():
 
     async with gateway(handler, pools=POOLS) as client:
         text = (await client.get("/metrics")).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
     for pool in ("gpu", "cpu"):
-        assert f'ts_inference_requests_total{{hostname="h",model_name="resnet18",model_version="default",pool="{pool}"}} 7.0' in text
-        assert f'tiergate_pool_scrape_up{{pool="{pool}"}} 1.0' in text
+        # Each pool series under its own name and labels, plus `pool`; nothing renamed.
+        for family in text_string_to_metric_families(TORCHSERVE_METRICS):
+            for sample in family.samples:
+                assert samples[(sample.name, tuple(sorted({**sample.labels, "pool": pool}.items())))] == sample.value
+        assert samples[("tiergate_pool_scrape_up", (("pool", pool),))] == 1.0
+    assert "Requests2XX_total" not in text and "CPUUtilization_total" not in text
+    # One HELP and TYPE per family, whichever pools export it (else Prometheus refuses the scrape).
+    assert text.count("# TYPE Requests2XX counter") == 1 and text.count("# TYPE CPUUtilization gauge") == 1
+    assert "# TYPE tiergate_requests_total counter" in text  # the gateway's own series as before
+
+
+async def test_unreadable_pool_exposition_is_left_out():
+    def handler(request):
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text="this is {not an exposition\n")
+        return by_pool(request)
+
+    async with gateway(handler, pools=POOLS) as client:
+        text = (await client.get("/metrics")).text
+    assert "not an exposition" not in text and 'tiergate_pool_scrape_up{pool="gpu"} 1.0' in text
+    list(text_string_to_metric_families(text))  # the whole scrape stays readable
 
 
 async def test_a_dead_or_stalled_pool_never_slows_metrics():

@@ -119,6 +119,7 @@ async def test_health_server_and_model_metadata():
     assert server.json()["name"] == "tiergate" and "binary_tensor_data" in server.json()["extensions"]
     assert model.json() == versioned.json() == {
         "name": "resnet18",
+        "versions": ["1.0"],
         "platform": "torchserve",
         "inputs": [
             {"name": "images", "datatype": "BYTES", "shape": [-1]},
@@ -145,14 +146,15 @@ async def test_unready_pool_unknown_model_path_and_method_answer_in_v2_error_sha
             "unknown model": await client.get("/v2/models/nosuch"),
             "unknown model infer": await client.post("/v2/models/nosuch/infer", json=images_json(jpeg())),
             "bad version": await client.get("/v2/models/resnet18/versions/..%2F..%2Fping"),
-            "unknown path": await client.get("/v2/repository/index"),
+            "unknown path": await client.get("/v2/nothing/here"),
+            "triton only": await client.post("/v2/repository/index"),
             "infer by GET": await client.get(INFER),
             "metadata by POST": await client.post("/v2/models/resnet18"),
         }
     statuses = {name: response.status_code for name, response in answers.items()}
     assert statuses == {
         "ready": 503, "model ready": 503, "unknown model": 404, "unknown model infer": 404,
-        "bad version": 404, "unknown path": 404, "infer by GET": 405, "metadata by POST": 405,
+        "bad version": 404, "unknown path": 404, "triton only": 400, "infer by GET": 405, "metadata by POST": 405,
     }
     for response in answers.values():
         assert list(response.json()) == ["error"] and response.json()["error"]
