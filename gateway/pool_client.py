@@ -180,41 +180,28 @@ class PoolClient:
         return response.body.decode("utf-8", "replace") if response.status == 200 else None
 
     async def ping(self, pool: str) -> str | None:
-        """None when the pool answers TorchServe's ping healthy, else why not."""
+        """None when the pool answers TorchServe's ping "Healthy", else why not.
+
+        TorchServe says "Partial Healthy" (still HTTP 200) while some model has fewer running
+        workers than its minimum, "Unhealthy" (500) while none has any: only "Healthy" means
+        every model it serves has its workers. (A probe inference per model would see a model
+        scaled to zero too, but every probe would count as a request in the pool's metrics;
+        scaling takes the management key, which the local pools keep on.)
+        """
         request = PoolRequest("GET", self._urls[pool] + "/ping", timeout_s=1.0)
         try:
             response = await self.transport.send(pool, request)
         except (PoolUnreachable, PoolDropped, PoolTimeout) as exc:
             return str(exc)
-        return None if response.status == 200 else f"ping answered HTTP {response.status}"
-
-
-    async def worker_check(self, pool: str, model: str) -> str | None:
-        """None when the pool has a worker for `model`, else why not.
-
-        TorchServe refuses a call to a model without a running worker at once (503, "has no
-        worker"), before any handler runs; with a worker, the one-byte probe reaches the handler,
-        which rejects it (tiergate's handlers with a 400, a stock one with a 503 "Prediction
-        failed"). A probe still waiting when its second is up is queued behind work: a model
-        with no worker would have been refused at once, so that counts as having one.
-        """
-        request = PoolRequest(
-            "POST", f"{self._urls[pool]}/predictions/{model}", timeout_s=1.0, body=b"\0",
-            headers={"content-type": "application/octet-stream", "x-request-id": "tiergate-readiness-probe"},
-        )
         try:
-            response = await self.transport.send(pool, request)
-        except PoolTimeout:
+            status = orjson.loads(response.body).get("status")
+        except (orjson.JSONDecodeError, AttributeError):
+            status = None
+        if response.status == 200 and status == "Healthy":
             return None
-        except (PoolUnreachable, PoolDropped) as exc:
-            return str(exc)
-        if response.status == 503 and b"has no worker" in response.body:
-            return f"no worker for model {model!r}"
-        if response.status == 404:
-            return f"does not serve model {model!r}"
-        if response.status in (401, 403) or b"InvalidKeyException" in response.body:
-            return "refused the gateway's token"
-        return None
+        if status in ("Partial Healthy", "Unhealthy"):
+            return f"ping says {status}: a model has fewer running workers than its minimum"
+        return f"ping answered HTTP {response.status}"
 
 
 # A pool's own 4xx is the client's fault (bad image, unknown version) and passes
