@@ -31,7 +31,8 @@ def pool(tmp_path_factory):
     process.start()
     try:
         backends = process.wait_ready()
-        with httpx.Client(base_url=f"{process.spec.inference_url}/predictions", trust_env=False, timeout=60) as client:
+        key = {"Authorization": "Bearer " + process.spec.inference_token_file.read_text()}  # token auth stays on
+        with httpx.Client(base_url=f"{process.spec.inference_url}/predictions", headers=key, trust_env=False, timeout=60) as client:
             yield client, backends
     finally:
         process.stop()

@@ -83,10 +83,11 @@ class Shadowed:
         return wait_for(lambda: self.log_path.exists() and written(), timeout_s, 0.2)
 
 
-def shadow_config(base: dict, log_path: Path) -> dict:
+def shadow_config(base: dict, log_path: Path, token_file: Path) -> dict:
     config = copy.deepcopy(base)
     config["pools"]["candidate"] = {
         "url": f"http://127.0.0.1:{CANDIDATE.inference_port}", "max_concurrency": 4, "models": ["resnet18"],
+        "auth_token_file": str(token_file),  # the candidate's TorchServe keeps its token auth on
     }
     config["shadow_log"] = str(log_path)
     common = {"model": "resnet18", "sample_rate": 1.0, "target_pool": "candidate", "max_concurrency": 16,
@@ -108,7 +109,7 @@ def shadowed(stack):
     try:
         assert candidate.wait_ready() == "cpu-fp32"
         log_path = stack.state_dir / "shadow.sqlite"
-        config = shadow_config(stack.config, log_path)
+        config = shadow_config(stack.config, log_path, candidate.spec.inference_token_file)
         stack.apply(config)  # the shadow tests start: a config reload
         yield Shadowed(stack, candidate, config, log_path)
     finally:

@@ -219,7 +219,10 @@ def test_cluster_scope_coalescing_deploys_its_coalescer_and_serves_a_request(bui
     assert application["args"] == {"coalesce_scope": "cluster"}
     for deployment in application["deployments"]:  # the Services' stand-in: the local pool
         for pool in deployment["user_config"]["pools"].values():
-            pool.update(url=digits_pool.inference_url, metrics_url=digits_pool.metrics_url)
+            # (the pod's auth proxy checks the gateway's token and presents TorchServe's key; this
+            # pool is TorchServe itself, so the gateway presents its key)
+            pool.update(url=digits_pool.inference_url, metrics_url=digits_pool.metrics_url,
+                        auth_token_file=str(digits_pool.inference_token_file))
     coalescers = application["deployments"][1]["autoscaling_config"]["min_replicas"]
     features = [float(i % 17) for i in range(64)] + [float(i % 5) for i in range(64)]  # two rows
     request = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 64], "data": features}]}
