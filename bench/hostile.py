@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             phases[name] = phase(url, bodies, attack, args)
         phases["no attack, again"] = phase(url, bodies, None, args)
     baseline = phases["no attack"]["p99_ms"]
-    print(f"premium, {args.concurrency} callers on fresh connections, {args.seconds:.0f} s a phase\n")
+    print(f"premium, {args.concurrency} callers on fresh connections, {args.seconds:.0f} s a phase;"
+          f" load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}\n")
     print("| phase | premium calls | success | p50 ms | p99 ms | p99 / no attack | attack connections open (mean) |")
     print("|---|---|---|---|---|---|---|")
     for name, result in phases.items():

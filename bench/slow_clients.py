@@ -90,7 +90,7 @@ class Attack:
                 samples.append(self.open)
 
         await asyncio.gather(sample(), *(self.connection(index, connections, until) for index in range(connections)))
-        steady = samples[int(self.ramp_s) + 1:] or [0]  # after the ramp
+        steady = samples[int(self.ramp_s) + 1:-1] or [0]  # after the ramp, before the end
         return {
             "kind": self.kind, "connections": connections, "sources": len(self.sources), "seconds": seconds,
             "ramp_s": self.ramp_s, "opened": self.opened, "outcomes": dict(self.outcomes), "open_samples": samples,

@@ -2,7 +2,7 @@
 
 One order for both APIs, in one place: identify the caller (API key) → the model → the
 tier → authorize the tier for the caller → the content type (the front's rule) → the body,
-read within the model's size limit and the tier's deadline. Everything here is cheap and
+read within the model's size limit, the tier's deadline and the minimum upload rate. Everything here is cheap and
 local (no network); a request that fails a check gets a 4xx before a pool ever sees it.
 What a valid body looks like is the model's profile's business (gateway/profiles).
 """

@@ -50,7 +50,7 @@ def outcome(tmp_path_factory) -> dict:
     )
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     result = json.loads(run.stdout.splitlines()[-1])
-    print(json.dumps({key: value for key, value in result.items() if key != "listening"}, indent=1))  # with -s
+    print(json.dumps({key: value for key, value in result.items() if key != "listening"}))  # with -s
     return result
 
 
@@ -95,6 +95,12 @@ def test_a_hung_replica_answers_504_json_within_the_server_timeout_and_service_r
 def test_haproxys_stats_and_metrics_listen_on_loopback_only(outcome):
     haproxy = {port: hosts for port, hosts in outcome["listening"].items() if port in ("8404", "9101")}
     assert haproxy == {"8404": ["127.0.0.1"], "9101": ["127.0.0.1"]}
+
+
+def test_nothing_but_the_replicas_grpc_server_listens_beyond_loopback(outcome):
+    loopback = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+    beyond = {port for port, hosts in outcome["listening"].items() if set(hosts) - loopback}
+    assert beyond == set(outcome["replica_grpc"]), outcome["listeners"]
 
 
 def test_the_replicas_grpc_server_on_every_interface_refuses_a_call_without_rays_token(outcome):
