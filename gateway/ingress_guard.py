@@ -12,8 +12,10 @@ HAProxy (same pid, so Ray's supervision and reloads are unchanged). The rewrite 
 - a per-source limit of open connections (`max_connections_per_source`): beyond it a
   client's new connections are refused, so one address cannot take every connection slot;
 - HAProxy's stats page and metrics exporter bound to loopback instead of every interface;
-- JSON error pages in the gateway's error form for what HAProxy answers itself (408; 502,
-  503 and 504 when the replica is gone or hung), where Ray's are a text 500.
+- JSON error pages in the gateway's error form for what HAProxy answers itself (408 once a
+  request's head has arrived; 502, 503 and 504 when the replica is gone or hung), where
+  Ray's are a text 500. (A head that never completes gets HAProxy's built-in 408 page: its
+  connection layer answers before any errorfile applies.)
 
 Anything it cannot find in Ray's config stops HAProxy from starting, with the reason: a
 Ray upgrade that changes the template must not silently drop these defences.
