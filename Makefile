@@ -33,7 +33,7 @@ down status: install
 	$(BIN)/tiergate $@
 
 render-k8s: install
-	$(BIN)/tiergate render-k8s --config gateway/tiergate.yaml --out k8s
+	$(BIN)/tiergate render-k8s --config gateway/tiergate.yaml --cluster gateway/cluster.yaml --out k8s
 
 test: install
 	$(ISOLATED) $(BIN)/python -m pytest $(PYTEST_ARGS)

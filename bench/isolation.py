@@ -284,6 +284,7 @@ def main() -> int:
     args = parser.parse_args()
     config = base_config(coalesce=False)
     config["pools"]["cpu"].update(max_concurrency=2, max_queue=4)
+    config["pools"]["cpu"]["local"]["token_auth"] = False  # the contention phase loads the pool straight
     config["tiers"] = {
         "premium": {"pools": ["gpu", "cpu"], "priority": 2, "deadline_ms": 5000, "sheddable": False},
         "standard": {"pools": ["cpu"], "priority": 1, "deadline_ms": 10000},

@@ -65,7 +65,8 @@ def main() -> int:
     results = {}
     for batch_size in (1, args.n):
         config = base_config(coalesce=False)
-        config["pools"]["cpu"]["local"].update(batch_size=batch_size, max_batch_delay_ms=5)
+        # "direct" calls the pool straight, without TorchServe's token
+        config["pools"]["cpu"]["local"].update(batch_size=batch_size, max_batch_delay_ms=5, token_auth=False)
         config["pools"]["cpu"].update(max_concurrency=args.n * 4, max_queue=256)
         with running_stack(config) as stack:
             pool_url = next(pool for pool in stack["pools"] if pool["name"] == "cpu")["inference_url"]

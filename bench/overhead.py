@@ -223,6 +223,9 @@ def tiergate_config(args: argparse.Namespace, variant: Variant, port: int, state
                 **pool_launch_overrides(args),
                 "inference_port": POOL_PORT, "management_port": POOL_PORT + 1, "metrics_port": POOL_PORT + 2,
             }
+            if variant.source is None:  # (a checkout from before token_auth existed runs without it)
+                # nginx and FastAPI call this pool straight, without TorchServe's token: all alike.
+                cpu["local"]["token_auth"] = False
         pools["cpu"] = cpu
         tiers["standard"] = {"pools": ["cpu"], "deadline_ms": 30000}
     config = {

@@ -33,7 +33,8 @@ def parse_setting(text: str) -> dict:
 
 def launch_settings(overrides: dict) -> LocalLaunch:
     local = {**overhead.shipped_cpu_pool()["local"], **overrides,
-             "inference_port": PORT, "management_port": PORT + 1, "metrics_port": PORT + 2}
+             "inference_port": PORT, "management_port": PORT + 1, "metrics_port": PORT + 2,
+             "token_auth": False}  # wrk calls the pool straight
     return LocalLaunch.model_validate(local)
 
 

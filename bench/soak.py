@@ -33,7 +33,7 @@ PREDICT = "/predictions/resnet18"
 TIERS = ("premium", "standard", "batch")
 # Idle keep-alive connections close on timers of their own: a few either way are not a leak.
 FD_SLACK, THREAD_SLACK = 8, 2
-IDLE_PAUSE_S, IDLE_SETTLE_S = 5.0, 120.0
+IDLE_PAUSE_S, IDLE_QUIET_S, IDLE_SETTLE_S = 5.0, 20.0, 120.0
 CAPACITY_WINDOW_S = 5.0
 
 
@@ -207,14 +207,15 @@ async def _sample_every(processes: list[Serving], every_s: float, samples: list[
 
 def idle_sample(processes: list[Serving]) -> dict[int, dict[str, int] | None]:
     """A sample once the connections of a finished load have closed: idle keep-alive
-    connections close on timers of their own, so wait until no descriptor count still falls."""
+    connections close on timers of their own (the gateway's pool connections after 15 s idle),
+    so wait until no descriptor count has fallen for IDLE_QUIET_S."""
     current = {process.pid: sample(process.pid) for process in processes}
-    deadline = time.monotonic() + IDLE_SETTLE_S
-    while time.monotonic() < deadline:
+    deadline, quiet_since = time.monotonic() + IDLE_SETTLE_S, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < IDLE_QUIET_S:
         time.sleep(IDLE_PAUSE_S)
         previous, current = current, {process.pid: sample(process.pid) for process in processes}
-        if all(now is None or then is None or now["fds"] >= then["fds"] for now, then in zip(current.values(), previous.values())):
-            break
+        if not all(now is None or then is None or now["fds"] >= then["fds"] for now, then in zip(current.values(), previous.values())):
+            quiet_since = time.monotonic()
     return current
 
 

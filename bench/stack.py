@@ -30,7 +30,7 @@ def tiergate(*args: str) -> subprocess.CompletedProcess:
 
 @contextlib.contextmanager
 def running_stack(config: dict) -> Iterator[dict]:
-    """Yields `tiergate status --json` plus `ready_s` (wall time of `up --detach`) and `apply`."""
+    """Yields `tiergate status --json` plus `ready_s` (wall time of `up --detach`), `apply` and `state_dir`."""
     state_dir = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
     config_file = state_dir / "tiergate.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -48,7 +48,7 @@ def running_stack(config: dict) -> Iterator[dict]:
 
     try:
         status = json.loads(tiergate("status", "--json", "--state-dir", str(state_dir)).stdout)
-        yield {**status, "ready_s": ready_s, "apply": apply}
+        yield {**status, "ready_s": ready_s, "apply": apply, "state_dir": str(state_dir)}
     finally:
         tiergate("down", "--state-dir", str(state_dir))
 

@@ -22,6 +22,8 @@ from .http import HttpFront
 from .pool_client import AiohttpTransport
 from .shares import ReplicaShares
 
+APPLICATION = "tiergate"
+
 
 @serve.deployment(
     name="tiergate",
@@ -58,23 +60,36 @@ class Gateway:
         return await self._front.handle(request)
 
 
-def build(config: GatewayConfig):
-    """The bound application for `serve.run`, carrying the config as user_config."""
+def application(config: GatewayConfig, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The gateway as a Serve application config (one entry of a Serve config file's
+    `applications`), deployed declaratively by the local stack and by KubeRay alike.
+
+    The config travels only as the deployments' `user_config`, and `args` carry just what
+    decides the application's shape: Serve derives the code version from import path,
+    args and runtime_env, so a changed config file is a `reconfigure` of the running
+    replicas, and only a change of shape (coalesce_scope) starts new ones.
+    """
     user_config = config.model_dump(mode="json")
-    gateway = Gateway.options(num_replicas=config.replicas, user_config=user_config)
+    deployments = [{"name": Gateway.name, "num_replicas": config.replicas, "user_config": user_config}]
+    args: dict[str, Any] = {}
     if config.coalesce_scope == "cluster":
-        return gateway.bind(Coalescer.options(num_replicas=config.coalescer_replicas, user_config=user_config).bind())
-    return gateway.bind()
+        args["coalesce_scope"] = "cluster"
+        deployments.append({"name": Coalescer.name, "num_replicas": config.coalescer_replicas, "user_config": user_config})
+    app: dict[str, Any] = {
+        "name": APPLICATION, "route_prefix": "/", "import_path": "gateway.app:app_builder",
+        "args": args, "deployments": deployments,
+    }
+    if runtime_env:
+        app["runtime_env"] = runtime_env
+    return app
 
 
 def app_builder(args: dict[str, Any]):
     """Entry point for Ray Serve config files (`import_path: gateway.app:app_builder`).
 
-    With no args the config comes only from the deployment's `user_config` in the Serve
-    config (as on KubeRay), so a config change reconfigures replicas instead of redeploying.
+    The config comes only from the deployments' `user_config` in the Serve config (see
+    `application`), so a config change reconfigures replicas instead of redeploying.
     """
-    if "config" in args:
-        return build(parse_config(args["config"], "serve application args"))
     if args.get("coalesce_scope") == "cluster":
         return Gateway.bind(Coalescer.bind())
     return Gateway.bind()

@@ -41,10 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build-models", help="build the model artifacts (MARs)")
     build.add_argument("--config", type=Path, default=None)
 
-    check = commands.add_parser("check-config", help="validate a gateway YAML file")
+    check = commands.add_parser("check-config", help="validate a gateway YAML file (and cluster settings)")
     check.add_argument("config", type=Path)
+    check.add_argument("--cluster", type=Path, default=None, help="cluster settings YAML for render-k8s")
 
-    commands.add_parser("render-k8s", help="render k8s/ from a gateway config (--config FILE --out DIR)")
+    commands.add_parser(
+        "render-k8s", help="render k8s/ from a gateway config and cluster settings (--config FILE --cluster FILE --out DIR)"
+    )
     commands.add_parser(
         "bench", help="gateway overhead vs NGINX, a FastAPI proxy and direct TorchServe (bench/overhead.py; --help)"
     )
@@ -107,6 +110,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         config = load_config(args.config)
         print(f"{args.config}: ok ({len(config.tiers)} tiers, {len(config.pools)} pools)")
+        if args.cluster is not None:
+            from .k8s_render import render
+            from .k8s_render.settings import load_cluster_settings
+
+            settings = load_cluster_settings(args.cluster)
+            render(config, settings)  # what the cluster cannot honour is refused here too
+            print(f"{args.cluster}: ok (namespace {settings.namespace}; {args.config} renders)")
         return 0
     if args.command == "shadow":
         log = args.log or load_config(args.config or default_config()).shadow_log

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable, Generic, TypeVar
 from .errors import GatewayError
 
 T = TypeVar("T")
+LEADER_GRACE_S = 0.25
 
 
 def request_key(model: str, version: str | None, pool: str, body: bytes) -> str:
@@ -48,8 +49,11 @@ class Singleflight(Generic[T]):
             # When every waiter gave up first, nobody reads the outcome: read it here, so
             # an overloaded replica doesn't log "exception was never retrieved" per flight.
             flight.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # The leader's call keeps the deadline itself and fails naming the pool that made it
+        # late; the grace keeps this timer from firing first with a vaguer error.
+        grace = 0.0 if follower else LEADER_GRACE_S
         try:
-            result = await asyncio.wait_for(asyncio.shield(flight), deadline - time.monotonic())
+            result = await asyncio.wait_for(asyncio.shield(flight), deadline - time.monotonic() + grace)
         except asyncio.TimeoutError:
             raise on_timeout() from None
         return result, follower

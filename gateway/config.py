@@ -7,6 +7,8 @@ the local stack (`tiergate up`) and the Kubernetes manifests (`tiergate render-k
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,11 @@ class LocalLaunch(Strict):
     java_heap_mb: int = Field(
         default=512, ge=128,
         description="TorchServe frontend's JVM heap cap (else the JVM takes a quarter of the machine's memory)",
+    )
+    token_auth: bool = Field(
+        default=True,
+        description="TorchServe's token auth (its keys in the pool's workdir; the gateway presents the inference"
+        " key); off only for benchmarks that put other proxies straight in front of the pool",
     )
 
 
@@ -93,6 +100,12 @@ class TierConfig(Strict):
     )
     priority: int = Field(default=0, description="higher is served first under overload")
     deadline_ms: int = Field(default=10_000, ge=1, le=600_000)
+    attempt_timeout_ms: int | None = Field(
+        default=None, ge=1,
+        description="longest a call may wait on one pool while a later pool of `pools` could still take it "
+        "over (Envoy's per_try_timeout); the last pool gets all the time left. Default: the deadline shared "
+        "equally among `pools`, so a pool that hangs leaves the others time to answer",
+    )
     sheddable: bool = Field(default=True, description="may be refused with 429 to protect higher tiers")
 
 
@@ -277,6 +290,12 @@ class GatewayConfig(Strict):
 
     def body_limit(self, model: str) -> int:
         return self.models[model].max_body_bytes or self.max_body_bytes
+
+    def digest(self) -> str:
+        """Names this config's content: /readyz reports the one a replica runs, so a reload is
+        confirmed when the replicas answer with the new one."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:

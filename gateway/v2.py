@@ -84,9 +84,8 @@ class OpenInferenceFront:
         raise GatewayError(404, "NotFound", "no such endpoint; inference is POST /v2/models/{model}/infer")
 
     async def _check_ready(self, model: str | None) -> None:
-        pools, models = await self.pipeline.readiness()
-        wanted = self.pipeline.serving_pools(model) if model else pools.keys()
-        failing = [f"{pool}: {pools[pool]}" for pool in sorted(wanted) if pools[pool] is not None]
+        _, models = await self.pipeline.readiness()
+        failing = [f"{name}: {state}" for name, state in sorted(models.items()) if state != "ready" and model in (None, name)]
         if failing:
             raise GatewayError(503, "NotReady", "not ready; " + "; ".join(failing))
 

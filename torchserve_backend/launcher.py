@@ -17,12 +17,12 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import httpx
 
 from gateway.config import GatewayConfig, LocalLaunch
+from gateway.run_settings import pool_launch, pool_mars, properties_text, torchserve_properties
 
 from .processes import alive, processes_with_env, stop_group, stop_processes
 
@@ -35,6 +35,11 @@ POOL_ENV = "TIERGATE_POOL_DIR"
 PID_FILE = ".model_server.pid"
 # What wait_ready reports for a model whose handler does not say which backend it runs.
 BACKEND_UNREPORTED = "unreported"
+# TorchServe writes its keys here (in its working directory, the pool's workdir) at start-up:
+# {"management": {"key": ...}, "inference": {"key": ...}, ...}, new ones at every start.
+KEY_FILE = "key_file.json"
+# The inference key alone, where the gateway reads it (its pools' `auth_token_file`).
+INFERENCE_TOKEN_FILE = "inference.token"
 
 
 class PoolStartError(RuntimeError):
@@ -54,12 +59,8 @@ class PoolSpec:
     @classmethod
     def from_config(cls, config: GatewayConfig, pool: str, model_store: Path, workdir: Path) -> PoolSpec:
         """The pool's local launch: exactly the models it serves, each with its MAR."""
-        models = config.pool_models(pool)
-        launch = config.pools[pool].local
-        if launch is None:
-            raise ValueError(f"pool {pool!r} has no `local:` launch settings")
-        mars = {model: config.models[model].mar for model in models if config.models[model].mar}
-        return cls(pool, tuple(models), model_store, launch, workdir, mars)
+        mars = pool_mars(config, pool)
+        return cls(pool, tuple(mars), model_store, pool_launch(config, pool), workdir, mars)
 
     def mar(self, model: str) -> str:
         return self.mars.get(model) or f"{model}-{self.launch.variant}.mar"
@@ -75,6 +76,10 @@ class PoolSpec:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.launch.metrics_port}/metrics"
+
+    @property
+    def inference_token_file(self) -> Path:
+        return self.workdir / INFERENCE_TOKEN_FILE
 
 
 class PoolProcess:
@@ -114,6 +119,7 @@ class PoolProcess:
         marker = str(spec.workdir.resolve())
         stop_processes(lambda: processes_with_env(POOL_ENV, marker), grace_s=5.0)
         (dirs["tmp"] / PID_FILE).unlink(missing_ok=True)
+        (spec.workdir / KEY_FILE).unlink(missing_ok=True)  # the keys read next must be this start's
         config_file = spec.workdir / "config.properties"
         config_file.write_text(render_properties(spec))
         env = {
@@ -137,8 +143,9 @@ class PoolProcess:
             "--start", "--foreground", "--ncs",
             "--model-store", str(spec.model_store),
             "--ts-config", str(config_file),
-            "--disable-token-auth",
         ]
+        if not spec.launch.token_auth:
+            command.append("--disable-token-auth")
         stdout = open(spec.workdir / "stdout.log", "wb")
         self._process = subprocess.Popen(
             command, cwd=spec.workdir, env=env, stdout=stdout, stderr=subprocess.STDOUT,
@@ -154,9 +161,29 @@ class PoolProcess:
         handler does not say (a stock MAR) adds nothing, unless no model says anything.
         """
         deadline = time.monotonic() + timeout_s
-        with httpx.Client(base_url=self.spec.management_url, trust_env=False, timeout=30.0) as client:
+        keys = self._wait_keys(deadline, timeout_s) if self.spec.launch.token_auth else None
+        if keys:  # at once: until then, a gateway re-reading the file after a restart has a stale key
+            token = self.spec.inference_token_file
+            staged = token.with_suffix(".new")
+            staged.write_text(keys["inference"]["key"])
+            staged.chmod(0o600)
+            staged.replace(token)
+        headers = {"Authorization": f"Bearer {keys['management']['key']}"} if keys else {}
+        with httpx.Client(base_url=self.spec.management_url, headers=headers, trust_env=False, timeout=30.0) as client:
             backends = {self._wait_model(client, model, deadline, timeout_s) for model in self.spec.models}
         return ",".join(sorted(backends - {BACKEND_UNREPORTED}) or [BACKEND_UNREPORTED])
+
+    def _wait_keys(self, deadline: float, timeout_s: float) -> dict:
+        """The keys TorchServe made at this start (token auth stays on: the management API can
+        load models and scale workers, and loopback is reachable by every local user)."""
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise PoolStartError(self._failure("exited during start-up"))
+            try:
+                return json.loads((self.spec.workdir / KEY_FILE).read_text())
+            except (OSError, ValueError):  # not written yet (or half written)
+                time.sleep(0.2)
+        raise PoolStartError(self._failure(f"wrote no {KEY_FILE} in {timeout_s:.0f}s"))
 
     def _wait_model(self, client: httpx.Client, model: str, deadline: float, timeout_s: float) -> str:
         while time.monotonic() < deadline:
@@ -216,33 +243,12 @@ def reported_backend(describe: httpx.Response) -> str:
     return BACKEND_UNREPORTED
 
 
+LOCAL_PROPERTIES_HEADER = """TorchServe config for one tiergate pool; rendered by torchserve_backend.launcher.
+Every listener is on loopback, and token auth stays on: any local user reaches loopback,
+and the management API loads models and scales workers. The keys are in the pool's
+workdir (key_file.json); the gateway reads the inference key from inference.token."""
+
+
 def render_properties(spec: PoolSpec) -> str:
-    launch = spec.launch
-    models = {
-        model: {
-            "1.0": {
-                "defaultVersion": True,
-                "marName": spec.mar(model),
-                "minWorkers": launch.workers,
-                "maxWorkers": launch.workers,
-                "batchSize": launch.batch_size,
-                "maxBatchDelay": launch.max_batch_delay_ms,
-                "responseTimeout": 120,
-            }
-        }
-        for model in spec.models
-    }
-    template = resources.files("torchserve_backend").joinpath("templates/pool.properties")
-    return template.read_text().format(
-        inference_port=launch.inference_port,
-        management_port=launch.management_port,
-        metrics_port=launch.metrics_port,
-        grpc_inference_port=launch.inference_port + 3,
-        grpc_management_port=launch.inference_port + 4,
-        model_store=spec.model_store,
-        load_models=",".join(f"{model}={spec.mar(model)}" for model in spec.models),
-        models_json=json.dumps(models, separators=(",", ":")),
-        workers=launch.workers,
-        queue_size=launch.queue_size,
-        java_heap_mb=launch.java_heap_mb,
-    )
+    mars = {model: spec.mar(model) for model in spec.models}
+    return properties_text(torchserve_properties(spec.launch, mars, str(spec.model_store)), LOCAL_PROPERTIES_HEADER)

@@ -13,7 +13,7 @@ RUN apt-get update \
 RUN pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.14.1 torchvision==0.29.1 \
  && pip install --no-cache-dir torchserve==0.12.0 "pillow>=10" "pyyaml>=6" "numpy>=1.26" "captum>=0.8"
 
-# uid 10001 matches the pods' securityContext (gateway/k8s_render.py POOL_UID).
+# uid 10001 matches the pods' securityContext (gateway/k8s_render/common.py POOL_UID).
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/model-server model-server \
  && mkdir -p /home/model-server/run && chown 10001:10001 /home/model-server/run
 # Every MAR the build made (the .dockerignore beside this file lets only MARs in).

@@ -81,6 +81,13 @@ class Stack:
         )
 
 
+def pool_key(pool: dict, kind: str) -> dict[str, str]:
+    """The header that calls a local pool's API `kind` ("inference" or "management") directly:
+    TorchServe's token auth is on; `pool` is an entry of `tiergate status --json`."""
+    keys = json.loads(Path(pool["key_file"]).read_text())
+    return {"Authorization": f"Bearer {keys[kind]['key']}"}
+
+
 def tiergate(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],

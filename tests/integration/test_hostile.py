@@ -45,7 +45,7 @@ from tests.fuzz.inputs import (
     png_declaring,
 )
 
-from .conftest import stack_config
+from .conftest import pool_key, stack_config
 from .images import cat_jpeg
 
 # Headers that frame the message are the raw client's business, not the fuzzer's: a wrong
@@ -129,9 +129,10 @@ def before(stack) -> dict:
 def management_view(stack) -> dict[str, list]:
     """Each pool's registered models and their workers, straight from TorchServe's management API."""
     view = {}
-    for name, pool in stack.config["pools"].items():
-        url = f"http://127.0.0.1:{pool['local']['management_port']}/models/resnet18"
-        answer = httpx.get(url, trust_env=False, timeout=10).json()
+    for pool in stack.status()["pools"]:
+        name = pool["name"]
+        url = f"http://127.0.0.1:{stack.config['pools'][name]['local']['management_port']}/models/resnet18"
+        answer = httpx.get(url, headers=pool_key(pool, "management"), trust_env=False, timeout=10).json()
         view[name] = [(model["modelVersion"], [worker["id"] for worker in model["workers"]]) for model in answer]
     return view
 
@@ -267,7 +268,7 @@ def test_declared_bombs_are_refused_by_the_gateway_and_by_each_pool(stack, befor
         refused = client.post(PREDICT, content=bomb, headers={"X-SLA-Tier": "premium"})
         assert refused.status_code == 400 and "pixels" in refused.json()["message"]
         for pool in stack.status()["pools"]:  # the pools' own limits, should anything bypass the gateway
-            direct = client.post(pool["inference_url"] + PREDICT, content=bomb)
+            direct = client.post(pool["inference_url"] + PREDICT, content=bomb, headers=pool_key(pool, "inference"))
             assert direct.status_code == 400 and "pixels" in direct.json()["message"], direct.text
 
 

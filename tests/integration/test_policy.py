@@ -132,10 +132,16 @@ def test_slow_pool_answers_504_at_the_tier_deadline(stack, policy):
     assert elapsed < 1.0  # the deadline is 15 ms; the pool alone takes longer than that
 
 
+def replica_pids(stack) -> set[int]:
+    """The processes that wrote gateway metrics (the replicas: one file per process and kind)."""
+    return {int(path.stem.rsplit("_", 1)[1]) for path in (stack.state_dir / "metrics").glob("*.db")}
+
+
 def test_reload_under_load_fails_no_request(stack, policy):
     url = stack.url + PREDICT
     moved = copy.deepcopy(policy)
     moved["tiers"]["standard"]["pools"] = ["gpu"]
+    replicas = replica_pids(stack)
     with Load(url, distinct_pngs(16, seed=6), auth(SHOP, "standard"), clients=2) as load:
         time.sleep(1)
         stack.apply(moved)
@@ -144,3 +150,27 @@ def test_reload_under_load_fails_no_request(stack, policy):
         time.sleep(1)
     assert load.statuses() == {200: len(load.outcomes)}
     assert {o.pool for o in load.outcomes} == {"cpu", "gpu"}  # the reload took effect
+    # ... by `reconfigure` on the running replica: no new replica, so no gauge counted twice.
+    assert replica_pids(stack) == replicas
+    assert stack.metric("tiergate_pool_slots", pool="gpu") == policy["pools"]["gpu"]["max_concurrency"]
+
+
+def test_premium_survives_a_hung_gpu_pool(stack, policy):
+    """A pool that hangs (stopped, not dead) gets an attempt's budget, then the CPU pool the rest."""
+    config = copy.deepcopy(policy)
+    config["tiers"]["premium"]["attempt_timeout_ms"] = 1500
+    stack.apply(config)
+    gpu = next(pool for pool in stack.status()["pools"] if pool["name"] == "gpu")
+    try:
+        with Load(stack.url + PREDICT, distinct_pngs(8, seed=9), auth(SHOP, "premium"), clients=2) as premium:
+            time.sleep(1)
+            os.killpg(gpu["pid"], signal.SIGSTOP)
+            time.sleep(6)
+        assert premium.statuses() == {200: len(premium.outcomes)}
+        assert {o.pool for o in premium.outcomes} == {"gpu", "cpu"}
+        assert stack.metric("tiergate_retries_total", tier="premium", pool="gpu", reason="timeout") >= 1
+    finally:
+        os.killpg(gpu["pid"], signal.SIGCONT)
+        stack.apply(policy)
+    with stack.client() as client:  # the breaker's probe finds the pool back
+        wait_for(lambda: client.post(PREDICT, content=cat_jpeg(), headers=auth(SHOP, "premium")).headers.get("x-tiergate-pool") == "gpu", 30)

@@ -31,7 +31,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.stack import REPLICA_TIMEOUT_MARGIN_S
+from gateway.run_settings import REPLICA_TIMEOUT_MARGIN_S
 
 from .conftest import REPO, stack_config, tiergate
 from .images import cat_jpeg

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.k8s_render import AUTH_PROXY_KEY_CHECK, AUTH_PROXY_START, POOL_TOKEN_DIR, TORCHSERVE_LOOPBACK_PORT
+from gateway.k8s_render.common import POOL_TOKEN_DIR, TORCHSERVE_LOOPBACK_PORT
 from torchserve_backend.launcher import stop_group
 
 from .conftest import one
@@ -84,8 +84,9 @@ def pool(built, tmp_path_factory):
             .replace("/etc/tiergate/", f"{tmp_path}/")
         )
 
-    (tmp_path / "start.sh").write_text(relocate(AUTH_PROXY_START))
-    (tmp_path / "key-is-current.sh").write_text(relocate(AUTH_PROXY_KEY_CHECK))
+    scripts = one(built["cpu-only"], "ConfigMap", "tiergate-auth-proxy")["data"]
+    (tmp_path / "start.sh").write_text(relocate(scripts["start.sh"]))
+    (tmp_path / "key-is-current.sh").write_text(relocate(scripts["key-is-current.sh"]))
 
     env = {
         **os.environ,

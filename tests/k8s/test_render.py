@@ -8,14 +8,17 @@ import pytest
 import yaml
 
 from gateway import k8s_render
-from gateway.config import parse_config
-from gateway.k8s_render import GENERATED, RenderError, SECRETS_TO_CREATE, main, render
+from gateway.config import ConfigError, parse_config
+from gateway.k8s_render import GENERATED, RenderError, main, render
+from gateway.k8s_render.common import SECRETS_TO_CREATE
+from gateway.k8s_render.settings import parse_cluster_settings
 
 from .conftest import K8S, REPO, find, one, serve_config
 
 
 def test_committed_manifests_are_current(rendered, tmp_path):
-    main(["--config", str(REPO / "gateway" / "tiergate.yaml"), "--out", str(tmp_path)])
+    gateway_dir = REPO / "gateway"
+    main(["--config", str(gateway_dir / "tiergate.yaml"), "--cluster", str(gateway_dir / "cluster.yaml"), "--out", str(tmp_path)])
     fresh = {p.relative_to(tmp_path).as_posix(): p.read_text() for p in tmp_path.rglob("*.yaml")}
     committed = {
         p.relative_to(K8S).as_posix(): p.read_text()
@@ -24,7 +27,7 @@ def test_committed_manifests_are_current(rendered, tmp_path):
     }
     assert fresh == rendered
     stale = sorted(path for path in set(fresh) | set(committed) if fresh.get(path) != committed.get(path))
-    assert not stale, f"k8s/ is out of date for {stale}: run `python -m gateway.k8s_render --out k8s`"
+    assert not stale, f"k8s/ is out of date for {stale}: run `make render-k8s`"
 
 
 def test_write_replaces_only_generated_files(rendered, tmp_path):
@@ -275,10 +278,10 @@ def test_configs_the_cluster_cannot_run_are_refused_with_the_reason(change, mess
         render(parse_config(data))
 
 
-def test_slo_threshold_must_be_a_histogram_bucket(config):
-    settings = k8s_render.ClusterSettings(slo={"premium": k8s_render.SloTarget(0.999, 0.3, 0.99)})
-    with pytest.raises(RenderError, match="not a bucket bound"):
-        render(config, settings)
+def test_slo_threshold_must_be_a_histogram_bucket():
+    premium = {"availability": 0.999, "latency_threshold_s": 0.3, "latency": 0.99}
+    with pytest.raises(ConfigError, match=r"slo\.premium\.latency_threshold_s: .*not a bucket bound"):
+        parse_cluster_settings({"slo": {"premium": premium}})
 
 
 def test_main_reports_a_bad_config_without_writing(tmp_path, capsys):
@@ -287,3 +290,16 @@ def test_main_reports_a_bad_config_without_writing(tmp_path, capsys):
     assert main(["--config", str(bad), "--out", str(tmp_path / "out")]) == 1
     assert "invalid config" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_renderer_imports_no_process_code():
+    """Shared values come from gateway/run_settings.py; the local supervisor and pool launcher stay out."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, gateway.k8s_render;"
+        "print(sorted(m for m in ('gateway.stack', 'torchserve_backend.launcher', 'gateway.pool_keeper') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

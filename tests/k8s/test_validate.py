@@ -19,8 +19,6 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.k8s_render import AUTH_PROXY_START
-
 from .conftest import K8S, OVERLAYS, REPO, find, one
 
 # The oldest release these manifests are meant for (PodDisruptionBudget policy/v1, the
@@ -216,4 +214,5 @@ def test_auth_proxy_nginx_config_is_valid(documents, tmp_path):
         result = subprocess.run([nginx, "-t", "-q", "-c", str(conf), "-p", str(tmp_path)],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
-    assert "envsubst '${POOL_TOKEN} ${TORCHSERVE_INFERENCE_KEY}'" in AUTH_PROXY_START
+    start = one(documents, "ConfigMap", "tiergate-auth-proxy")["data"]["start.sh"]
+    assert "envsubst '${POOL_TOKEN} ${TORCHSERVE_INFERENCE_KEY}'" in start

