@@ -3,8 +3,10 @@ template as installed, and by HAProxy's own config check."""
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 from jinja2 import Environment
 from ray.serve._private.haproxy import HAProxyConfig, _haproxy_fmt_literal
 from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
@@ -95,3 +97,21 @@ def test_the_stack_starts_haproxy_through_the_guard_with_its_limits(tmp_path):
     assert written["header_timeout_s"] == config.header_timeout_s
     version = subprocess.run([wrapper, "-v"], check=False, capture_output=True, text=True)  # no -f: refused, HAProxy never runs
     assert version.returncode != 0 and "ingress guard" in version.stderr
+
+
+def test_reload_refuses_what_haproxy_reads_once(tmp_path):
+    from gateway.stack import StatePaths, _reload_gateway
+
+    running = load_config("gateway/tiergate.yaml")
+    data = yaml.safe_load(Path("gateway/tiergate.yaml").read_text())
+    said = []
+    for change, named in (
+        (lambda d: d.update(header_timeout_s=20), "header_timeout_s"),
+        (lambda d: d.update(max_connections_per_source=10), "max_connections_per_source"),
+        (lambda d: d["tiers"]["batch"].update(deadline_ms=60_000), "wait 65 s on a replica"),
+    ):
+        changed = yaml.safe_load(yaml.safe_dump(data))
+        change(changed)
+        (tmp_path / "tiergate.yaml").write_text(yaml.safe_dump(changed))
+        kept, why = _reload_gateway(tmp_path / "tiergate.yaml", running, StatePaths(tmp_path), said.append)
+        assert kept is running and named in why
