@@ -244,14 +244,18 @@ def under_attack(url: str, kind: str, connections: int, sources: int, every_s: f
 def one_source_flood(url: str, count: int) -> dict:
     """`count` idle connections from one address: how many HAProxy cut at once."""
     host, port = url.removeprefix("http://").split(":")
-    sockets = []
+    sockets, cut = [], 0
     for _ in range(count):
         sock = socket.socket()
         sock.bind(("127.0.0.200", 0))
-        sock.connect((host, int(port)))
+        try:
+            sock.connect((host, int(port)))
+        except OSError:  # reset so fast that connect() saw it
+            cut += 1
+            sock.close()
+            continue
         sockets.append(sock)
     time.sleep(2.0)
-    cut = 0
     for sock in sockets:
         sock.settimeout(0.01)
         try:
