@@ -2,14 +2,16 @@
 
 One order for both APIs, in one place: identify the caller (API key) → the model → the
 tier → authorize the tier for the caller → the content type (the front's rule) → the body,
-read within the model's size limit and the tier's deadline. Everything here is cheap and
+read within the model's size limit, the tier's deadline and the minimum upload rate. Everything here is cheap and
 local (no network); a request that fails a check gets a 4xx before a pool ever sees it.
 What a valid body looks like is the model's profile's business (gateway/profiles).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
@@ -62,8 +64,10 @@ class Admission:
         tier = resolve_tier(self.config, request, caller.default_tier if caller else None)
         authorize(caller, tier)
         encoding = content(request)
-        body = await read_body(request, self.config.body_limit(model))
-        return Admitted(tier, body, encoding, arrived + self.config.tiers[tier].deadline_ms / 1000)
+        deadline = arrived + self.config.tiers[tier].deadline_ms / 1000
+        pace = UploadPace(self.config.upload_min_bytes_per_s, self.config.upload_grace_s, deadline, tier)
+        body = await read_body(request, self.config.body_limit(model), pace)
+        return Admitted(tier, body, encoding, deadline)
 
 
 def resolve_tier(config: GatewayConfig, request: Request, caller_default: str | None = None) -> str:
@@ -128,8 +132,35 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; refuse larger bodies without reading them whole."""
+@dataclass(frozen=True, slots=True)
+class UploadPace:
+    """How fast a body must arrive: by the tier's deadline, and after a grace period at
+    `min_bytes_per_s` on average (0: no minimum). A trickled body holds one of the replica's
+    request slots for as long as it trickles; this bounds how long (NGINX's client_body_timeout,
+    but counting bytes, so a client that sends a byte every few seconds is cut off too)."""
+
+    min_bytes_per_s: int
+    grace_s: float
+    deadline: float  # time.monotonic(): arrival + the tier's deadline
+    tier: str
+
+    def due(self, started: float, received: int) -> float:
+        """When the next chunk must have arrived, given `received` bytes since `started`."""
+        if not self.min_bytes_per_s:
+            return self.deadline
+        return min(self.deadline, started + max(self.grace_s, received / self.min_bytes_per_s))
+
+    def too_slow(self, started: float, received: int) -> GatewayError:
+        if time.monotonic() >= self.deadline:
+            why = f"the body did not arrive within the {self.tier} tier's deadline"
+        else:
+            why = f"the body arrived slower than {self.min_bytes_per_s} bytes/s ({received} bytes in {time.monotonic() - started:.1f} s)"
+        # Connection: close, as the rest of the body is never read.
+        return GatewayError(408, "RequestTimeout", why, {"Connection": "close"})
+
+
+async def read_body(request: Request, limit: int, pace: UploadPace) -> bytes:
+    """Read at most `limit` bytes, at `pace` or 408; refuse larger bodies without reading them whole."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):  # str.isdigit alone takes "²"
@@ -138,14 +169,25 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+
+    def on_loop_clock(moment: float) -> float:  # the loop's clock may differ from time.monotonic()
+        return loop.time() + moment - time.monotonic()
+
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
+        # One timer, moved on as chunks arrive.
+        async with asyncio.timeout(on_loop_clock(pace.due(started, 0))) as timer:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                timer.reschedule(on_loop_clock(pace.due(started, size)))
     except ClientDisconnect:
         raise bad_request("the connection closed before the whole body arrived") from None
+    except TimeoutError:
+        raise pace.too_slow(started, size) from None
     return b"".join(chunks)
 
 

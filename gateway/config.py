@@ -179,6 +179,27 @@ class GatewayConfig(Strict):
         description="how long the HAProxy ingress waits on a silent client (slow headers or body, idle"
         " keep-alive) before closing its connection; Ray's default is an hour",
     )
+    header_timeout_s: int = Field(
+        default=10, ge=1, le=300,
+        description="HAProxy ingress: a request's head, and its body up to 16 KB, must arrive within this or"
+        " HAProxy answers 408 before a replica sees it (`timeout http-request`: slowloris, slow bodies)",
+    )
+    upload_min_bytes_per_s: int = Field(
+        default=16384, ge=0,
+        description="after upload_grace_s, a body must keep arriving at least this fast on average, or 408 and"
+        " its replica slot is freed (like NGINX's client_body_timeout, counting bytes); 0: only the tier's"
+        " deadline bounds an upload",
+    )
+    upload_grace_s: float = Field(default=2.0, gt=0, le=60, description="how long a body may take before upload_min_bytes_per_s applies")
+    max_connections: int = Field(
+        default=6144, ge=64, le=65536,
+        description="HAProxy ingress: client connections open at once (`maxconn`; Ray's default 4096); HAProxy"
+        " needs twice as many file descriptors plus ~4,200 (`ulimit -Hn`)",
+    )
+    max_connections_per_source: int = Field(
+        default=256, ge=1,
+        description="HAProxy ingress: connections one client address may hold open; its next ones are refused",
+    )
     access_log: bool = Field(default=True, description="one JSON line per request on stderr (no payloads)")
     coalesce: bool = Field(default=True, description="identical concurrent requests share one backend call")
     coalesce_scope: Literal["replica", "cluster"] = Field(

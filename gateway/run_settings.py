@@ -9,6 +9,7 @@ from here, so none of them imports another's process code and the two runs canno
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 
 from .config import GatewayConfig, LocalLaunch
@@ -42,6 +43,17 @@ MODEL_RESPONSE_TIMEOUT_S = 120
 TORCHSERVE_TOKEN_EXPIRATION_MIN = 10 * 365 * 24 * 60
 
 
+# How much longer than the longest tier deadline HAProxy waits on a silent replica: a replica
+# answers every request by its deadline (504 at worst), so only a hung one is cut off.
+REPLICA_TIMEOUT_MARGIN_S = 5
+
+
+def replica_timeout_s(config: GatewayConfig) -> int:
+    """HAProxy's `timeout server`: past it a client gets 504 from a hung (e.g. SIGSTOPped)
+    replica instead of waiting forever (Ray sets none)."""
+    return math.ceil(max(tier.deadline_ms for tier in config.tiers.values()) / 1000) + REPLICA_TIMEOUT_MARGIN_S
+
+
 def ingress_settings(config: GatewayConfig) -> dict[str, str]:
     """What every Ray process of a gateway reads from its environment, here and on KubeRay."""
     return {
@@ -50,6 +62,8 @@ def ingress_settings(config: GatewayConfig) -> dict[str, str]:
         "RAY_SERVE_ENABLE_HA_PROXY": "1" if config.ingress == "haproxy" else "0",
         # A silent client holds one of HAProxy's connection slots this long at most.
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(config.client_timeout_s),
+        "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(replica_timeout_s(config)),
+        "RAY_SERVE_HAPROXY_MAXCONN": str(config.max_connections),
     }
 
 

@@ -28,10 +28,11 @@ import httpx
 from torchserve_backend.launcher import INFERENCE_TOKEN_FILE, KEY_FILE, PoolProcess, PoolSpec, PoolStartError
 from torchserve_backend.processes import alive, processes_with_env, stop_group, stop_processes
 
+from . import ingress_guard
 from .config import GatewayConfig, load_config
 from .metrics import SUPERVISOR_METRICS_FILE
 from .pool_keeper import PoolKeeper, write_restart_metrics
-from .run_settings import ingress_settings
+from .run_settings import ingress_settings, replica_timeout_s
 
 READY_TIMEOUT_S = 600.0
 # How long stopping lets accepted requests finish before Ray is shut down regardless
@@ -81,13 +82,14 @@ def build_artifacts(config: GatewayConfig) -> None:
 
 def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str], None] = print) -> int:
     """Start the whole stack, block until SIGTERM/SIGINT, then stop it. Returns an exit code."""
-    config = load_config(config_path)
+    config = started_with = load_config(config_path)
     paths = StatePaths(state_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.state.exists() and _alive(json.loads(paths.state.read_text()).get("supervisor_pid")):
         raise StackError(f"a stack is already running from {paths.root}; run `tiergate down` first")
     _stop_leftovers(paths)  # a crashed run's would hold the ports
     os.environ[STACK_ENV] = str(paths.root)
+    os.environ.update(LOCAL_RAY_ENVIRONMENT)  # before Ray is imported: it reads its auth mode then
     stop, reload = threading.Event(), threading.Event()
     _handle_signals(stop, reload)
 
@@ -133,7 +135,7 @@ def run_supervisor(config_path: Path, state_dir: Path, announce: Callable[[str],
             if reload.is_set():
                 reload.clear()
                 reloads += 1
-                config, reload_error = _reload_gateway(config_path, config, paths, announce)
+                config, reload_error = _reload_gateway(config_path, config, paths, announce, started_with)
                 persist()
             for keeper in keepers:
                 keeper.check()
@@ -234,19 +236,29 @@ def _wait_config_applied(config: GatewayConfig, timeout_s: float = 60.0) -> None
 
 
 # Settings the running stack cannot take without starting again: Ray's ingress reads them once.
-RESTART_SETTINGS = ("host", "port", "ingress", "client_timeout_s")
+RESTART_SETTINGS = (
+    "host", "port", "ingress", "client_timeout_s", "header_timeout_s", "max_connections", "max_connections_per_source",
+)
 
 
 def _reload_gateway(
-    config_path: Path, running: GatewayConfig, paths: StatePaths, announce: Callable[[str], None]
+    config_path: Path, running: GatewayConfig, paths: StatePaths, announce: Callable[[str], None],
+    started_with: GatewayConfig | None = None,
 ) -> tuple[GatewayConfig, str | None]:
     """Apply the config file's gateway policy to the running replicas (Serve calls
     `reconfigure` on them; nothing restarts) and return the config now running, with why
-    not where it was refused. Pools' local launch settings take a restart of the stack."""
+    not where it was refused. Pools' local launch settings take a restart of the stack.
+    `started_with`: the config `up` started Ray and HAProxy with (default: `running`)."""
+    started = started_with or running
     try:
         config = load_config(config_path)
-        if changed := [name for name in RESTART_SETTINGS if getattr(config, name) != getattr(running, name)]:
+        if changed := [name for name in RESTART_SETTINGS if getattr(config, name) != getattr(started, name)]:
             raise StackError(f"{', '.join(changed)} changed: takes `tiergate down` and `tiergate up`")
+        if replica_timeout_s(config) > replica_timeout_s(started):  # HAProxy would cut the longer calls off
+            raise StackError(
+                f"the tiers' deadlines need HAProxy to wait {replica_timeout_s(config)} s on a replica, it was started"
+                f" with {replica_timeout_s(started)} s: takes `tiergate down` and `tiergate up`"
+            )
         if config.coalesce_scope != running.coalesce_scope:
             announce("coalesce_scope changed: Serve replaces the gateway replicas (requests in flight finish first)")
         _wait_config_applied(_deploy(config, paths))
@@ -257,18 +269,32 @@ def _reload_gateway(
     return config, None
 
 
+# Ray's token authentication, whatever the caller's environment says: Ray binds some ports on
+# every interface (the replicas' inter-deployment gRPC server among them), and its interceptor
+# refuses calls without the token (README, "What listens where").
+LOCAL_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "token"}
+
+
 def ingress_environment(config: GatewayConfig, haproxy_dir: Path) -> dict[str, str]:
     """Ray Serve's ingress settings, read from the environment when Ray starts.
 
     HAProxy mode sends requests from HAProxy straight to the replicas, skipping Serve's
     Python proxy (measured in BENCHMARKS.md). Its files go in a directory of the stack's
     own, so two stacks on one machine (tests in separate namespaces) never share them.
+    HAProxy starts through the ingress guard (gateway/ingress_guard.py), which adds what
+    Ray's config cannot be told: slow-header and slow-body cut-offs, a per-source
+    connection limit, loopback-only stats and metrics, JSON error pages.
     """
     if config.ingress != "haproxy":
         return ingress_settings(config)
     haproxy_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        wrapper = ingress_guard.prepare(config, haproxy_dir / "guard")
+    except ingress_guard.GuardError as exc:
+        raise StackError(str(exc)) from None
     return {
         **ingress_settings(config),
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),

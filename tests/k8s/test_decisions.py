@@ -159,6 +159,7 @@ MANIFEST_CHANGES: dict[str, tuple[Callable[[dict], None] | None, Callable[[dict]
     "replicas": (None, _set("replicas", 4)),
     "ingress": (None, _set("ingress", "proxy")),
     "client_timeout_s": (None, _set("client_timeout_s", 30)),
+    "max_connections": (None, _set("max_connections", 8000)),
     "coalesce_scope": (None, _cluster_scope),
     "coalescer_replicas": (_cluster_scope, _set("coalescer_replicas", 6)),
     "models": (None, _add_model),
