@@ -206,9 +206,7 @@ def write_artifacts(
     gpu_artifacts = [backends.ARTIFACT_FP32]
     if gpu_build_backend == backends.BACKEND_TENSORRT_FP16:
         logger.info("compiling %s with TensorRT FP16", arch)
-        compile_tensorrt_fp16(
-            model, images.CROP_SIZE, options.max_batch_size, work_dir / files[backends.ARTIFACT_TENSORRT]
-        )
+        compile_tensorrt_fp16(model, example, options.max_batch_size, work_dir / files[backends.ARTIFACT_TENSORRT])
         gpu_artifacts.insert(0, backends.ARTIFACT_TENSORRT)
     return variants.variant_specs(name, "image", options.max_batch_size, files, gpu_artifacts)
 

@@ -1,0 +1,302 @@
+"""Build any model's fp32, int8 and gpu MARs from a model source (`build:` with a factory,
+program or torchvision classifier; model/sources.py resolves it).
+
+    fp32  the ExportedProgram, batch dimension dynamic                   -> cpu-fp32
+    int8  the CPU pool's MAR: int8 TorchScript (static: FX graph mode,  -> cpu-int8
+          calibrated; dynamic: int8 Linear layers) when it agrees with
+          fp32 and is faster at the pool's batch on this CPU; otherwise
+          the fp32 program, and the report says why                     -> cpu-fp32
+    gpu   the fp32 program (+ a TensorRT FP16 engine where CUDA and
+          torch_tensorrt exist at build time)              -> tensorrt-fp16 / inductor-cuda / cpu-fp32
+
+Why not PT2E int8 (the maintained flow): torch 2.14 no longer ships torch.ao's PT2E; torchao's
+X86InductorQuantizer runs here, but its int8 only pays off compiled by inductor with freezing at
+worker start (16 s a shape on this machine) and measured no faster than the FX TorchScript
+model (bench/int8_paths.py, BENCHMARKS.md), so the served int8 stays FX TorchScript.
+
+The build fails, leaving the previous artifacts published, when a gate fails (the message
+names the model and the figure) or when an input is unusable (BuildInputError names the model
+and the step: import factory, call factory, load program, load data, check data, export,
+quantize int8, check int8).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from model import variants
+from model.artifacts import (
+    PACKAGE_DIR,
+    BuildResult,
+    BuiltModel,
+    Staging,
+    build_once,
+    sha256_file,
+)
+from model.gates import gate_failures, output_figures
+from model.gpu import compile_tensorrt_fp16, detect_gpu_build_backend
+from model.quantize import deprecations_silenced, quantize_dynamic_int8, quantize_int8
+from model.sources import (
+    BuildInputError,
+    ModelData,
+    ModelSource,
+    call_factory,
+    check_data,
+    function_source_file,
+    load_data,
+    load_program,
+    synthetic_data,
+)
+from torchserve_backend import tiergate_backends as backends
+from torchserve_backend.tiergate_images import CROP_SIZE
+
+logger = logging.getLogger("model.build")
+
+SOURCES = tuple(PACKAGE_DIR / name for name in ("byo.py", "sources.py", "gates.py", "variants.py", "quantize.py", "gpu.py"))
+IMAGE_ROW = (3, CROP_SIZE, CROP_SIZE)
+# Per batch size: up to 20 warm-up calls each (TorchScript optimises a shape on its first runs),
+# then timed calls for a second; at least 5 each, so a big model at a big batch stays bounded.
+SPEED_SECONDS = 1.0
+WARM_UP_CALLS, MIN_TIMED_CALLS = 20, 5
+
+
+def build(artifacts_dir: Path, name: str, config, *, force: bool = False) -> BuildResult:
+    """Build model name from config (a gateway.model_config.BuildConfig), unless up to date."""
+    sources, inputs = list(SOURCES), {"build": config.model_dump(mode="json"), "gpu": detect_gpu_build_backend()}
+    for step, reference in (("import factory", config.factory), ("load data", config.data)):
+        if reference is not None:
+            path = function_source_file(name, step, reference)
+            sources += [path] if path is not None else []
+    if config.program is not None:
+        if not Path(config.program).is_file():
+            raise BuildInputError(name, "load program", f"{config.program} is not a file")
+        inputs["program_sha256"] = sha256_file(Path(config.program))
+    if config.weights is not None:
+        if not Path(config.weights).is_file():
+            raise BuildInputError(name, "load weights", f"{config.weights} is not a file")
+        inputs["weights_sha256"] = sha256_file(Path(config.weights))
+    if config.torchvision is not None:
+        from model import photos
+
+        sources.append(PACKAGE_DIR / "photos.py")
+        inputs["photos"] = [sha256_file(path) for path in photos.bundled_photo_paths()]
+    return build_once(
+        artifacts_dir, name, config.source, sources, inputs,
+        lambda staging: build_variants(staging, name, config, inputs["gpu"]), force=force,
+    )  # fmt: skip
+
+
+def kind_of(config) -> str:
+    return config.kind or ("image" if config.torchvision is not None else "tensor")
+
+
+def resolve(name: str, config) -> tuple[ModelSource, ModelData]:
+    """The module, its example and its data, each checked (BuildInputError names the failing step)."""
+    if config.factory is not None:
+        source = call_factory(name, config.factory)
+    elif config.program is not None:
+        source = load_program(name, config.program)
+    else:
+        from model.torchvision_source import torchvision_source
+
+        source = torchvision_source(name, config.torchvision, config.weights)
+    if config.data is not None:
+        source.data = load_data(name, config.data)
+    kind = kind_of(config)
+    check_example(name, kind, config, source)
+    if source.data is None:
+        source.data = synthetic_data(source.example_inputs)
+    return source, check_data(name, source, variable_length=kind == "text")
+
+
+def check_example(name: str, kind: str, config, source: ModelSource) -> None:
+    """The example must be what the handler will feed the model for this model's profile."""
+    example, row = source.example_inputs, tuple(source.example_inputs.shape[1:])
+    if kind == "image" and row != IMAGE_ROW:
+        raise BuildInputError(name, "check example", f"an image classifier takes (N, {', '.join(map(str, IMAGE_ROW))}), not {tuple(example.shape)}")
+    if kind == "tensor":
+        if not example.is_floating_point():
+            raise BuildInputError(name, "check example", f"a tensor model takes FP32 rows, not {example.dtype}")
+        if config.inputs is not None:
+            declared = config.inputs[0].shape[1:]
+            if len(declared) != len(row) or any(d not in (-1, r) for d, r in zip(declared, row)):
+                raise BuildInputError(name, "check example", f"the example's rows are {list(row)}; the model config declares {declared}")
+    if kind == "text":
+        if example.is_floating_point() or example.dim() != 2:
+            raise BuildInputError(name, "check example", "a text model takes (N, tokens) integer ids")
+        if "vocab.json" not in source.extra_files or not source.class_names:
+            raise BuildInputError(name, "check example", "a text model's source brings vocab.json and its class names")
+
+
+def export_fp32(name: str, kind: str, source: ModelSource, max_batch_size: int) -> torch.export.ExportedProgram:
+    """The fp32 program with a dynamic batch (and a dynamic length for text)."""
+    if source.program is not None:
+        return source.program
+    example = source.example_inputs
+    example = torch.cat([example[:1], example[:1]]) if len(example) < 2 else example[:2]  # batch 1 would specialise
+    dims = {0: torch.export.Dim("batch", min=1, max=max_batch_size)}
+    if kind == "text":
+        dims[1] = torch.export.Dim("tokens", min=1, max=max(2, example.shape[1]) * 64)
+    try:
+        return torch.export.export(copy.deepcopy(source.module), (example.contiguous(),), dynamic_shapes=(dims,))
+    except Exception as error:
+        raise BuildInputError(name, "export", f"torch.export cannot trace the module: {type(error).__name__}: {str(error)[:600]}") from error
+
+
+def quantize(name: str, mode: str, source: ModelSource, data: ModelData, path: Path) -> dict:
+    """Write the int8 TorchScript model to path; return what was done (quantized layer count)."""
+    try:
+        if mode == "static":
+            quantized = quantize_int8(source.module, data.calibration)
+        else:
+            quantized = quantize_dynamic_int8(source.module)
+        layers = sum(
+            1 for module in quantized.modules()
+            if "quantized" in type(module).__module__ and not type(module).__name__.endswith("PackedParams")
+        )  # fmt: skip
+        with deprecations_silenced(), torch.no_grad():
+            try:  # script keeps control flow and any input length; trace when the module is not scriptable
+                scripted = torch.jit.script(quantized)
+            except Exception:  # noqa: BLE001 - TorchScript's front end raises many kinds; tracing is the fallback
+                scripted = torch.jit.trace(quantized, source.example_inputs)
+            torch.jit.save(torch.jit.freeze(scripted.eval()), str(path))
+    except Exception as error:
+        raise BuildInputError(name, f"quantize int8 ({mode})", f"{type(error).__name__}: {str(error)[:600]}") from error
+    return {"method": f"fx-{mode}-torchscript" if mode == "static" else "dynamic-linear-torchscript", "quantized_layers": layers}
+
+
+def call_seconds(loaded: backends.LoadedModel, batch: torch.Tensor) -> float:
+    started = time.perf_counter()
+    loaded.logits(batch)
+    return time.perf_counter() - started
+
+
+def measure_speed(fp32: backends.LoadedModel, int8: backends.LoadedModel, data: ModelData, batch_sizes: list[int]) -> dict:
+    """fp32 and int8 rows per second, side by side: calls alternate one by one after the warm-up
+    (so a neighbour's burst on a shared CPU hits both alike), and each rate is rows ÷ its median
+    call time."""
+    speed = {"torch_threads": torch.get_num_threads(), "measured": "in the build, as the handler runs them: "
+             "rows per median call, fp32 and int8 calls alternating"}  # fmt: skip
+    for size in batch_sizes:
+        batch = data.evaluation[:size]
+        if len(batch) < size:
+            batch = batch.repeat((size // len(batch) + 1,) + (1,) * (batch.dim() - 1))[:size]
+        warm_up_started = time.perf_counter()
+        for _ in range(WARM_UP_CALLS):
+            fp32.logits(batch), int8.logits(batch)
+            if time.perf_counter() - warm_up_started > SPEED_SECONDS:
+                break
+        timings, started = {"fp32": [], "int8": []}, time.perf_counter()
+        while len(timings["fp32"]) < MIN_TIMED_CALLS or time.perf_counter() - started < SPEED_SECONDS:
+            timings["fp32"].append(call_seconds(fp32, batch))
+            timings["int8"].append(call_seconds(int8, batch))
+        fp32_rate, int8_rate = (size / statistics.median(timings[v]) for v in ("fp32", "int8"))
+        speed[f"batch_{size}"] = {
+            "fp32_rows_per_s": round(fp32_rate, 1), "int8_rows_per_s": round(int8_rate, 1),
+            "int8_speedup": round(int8_rate / fp32_rate, 2), "calls_each": len(timings["fp32"]),
+        }  # fmt: skip
+    return speed
+
+
+def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) -> BuiltModel:
+    kind = kind_of(config)
+    source, data = resolve(name, config)
+    mode = config.quantize or ("static" if any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in source.module.modules()) else "dynamic")
+    files = {
+        backends.ARTIFACT_FP32: f"{name}-fp32.pt2",
+        backends.ARTIFACT_INT8: f"{name}-int8.torchscript.pt",
+        backends.ARTIFACT_TENSORRT: f"{name}-tensorrt-fp16.ep",
+    }
+    work = staging.work_dir
+    logger.info("%s: exporting fp32 from %s", name, config.source)
+    torch.export.save(export_fp32(name, kind, source, config.max_batch_size), str(work / files[backends.ARTIFACT_FP32]))
+    fp32 = backends.load_model(work, {"variant": "fp32", "artifacts": {backends.ARTIFACT_FP32: files[backends.ARTIFACT_FP32]}, "max_batch_size": config.max_batch_size})
+    try:
+        reference = fp32.logits(data.evaluation)
+    except Exception as error:
+        raise BuildInputError(name, "check data", f"the fp32 program does not run on the evaluation data: {type(error).__name__}: {str(error)[:300]}") from error
+
+    gpu_artifacts = [backends.ARTIFACT_FP32]
+    if gpu_build_backend == backends.BACKEND_TENSORRT_FP16 and source.example_inputs.is_floating_point():
+        logger.info("%s: compiling TensorRT FP16", name)
+        compile_tensorrt_fp16(source.module, source.example_inputs, config.max_batch_size, work / files[backends.ARTIFACT_TENSORRT])
+        gpu_artifacts.insert(0, backends.ARTIFACT_TENSORRT)
+
+    figures, quantization, speed, int8_model = {"fp32": output_figures(reference, reference, data.labels)}, None, None, None
+    if mode != "none":
+        logger.info("%s: quantizing to int8 (%s)", name, mode)
+        quantization = quantize(name, mode, source, data, work / files[backends.ARTIFACT_INT8])
+        int8_model = backends.load_model(work, {"variant": "int8", "artifacts": {backends.ARTIFACT_INT8: files[backends.ARTIFACT_INT8]}, "max_batch_size": config.max_batch_size})
+        try:
+            figures["int8"] = output_figures(reference, int8_model.logits(data.evaluation), data.labels)
+        except Exception as error:
+            raise BuildInputError(name, "check int8", f"the int8 model does not run on the evaluation data: {type(error).__name__}: {str(error)[:300]}") from error
+        speed = measure_speed(fp32, int8_model, data, sorted({1, config.pool_batch_size}))
+
+    cpu_serves, why = cpu_pool_choice(mode, quantization, speed, config.pool_batch_size)
+    cpu_artifacts = [backends.ARTIFACT_INT8] if cpu_serves == "int8" else [backends.ARTIFACT_FP32]
+    kind_fields = {}
+    if kind == "tensor":
+        kind_fields = tensor_fields(config, source, reference)
+    specs = variants.variant_specs(name, kind, config.max_batch_size, files, gpu_artifacts, task=config.task, **kind_fields)
+    specs["int8"]["artifacts"] = {artifact: files[artifact] for artifact in cpu_artifacts}
+    loaded = variants.load_variants(work, specs)
+    figures["gpu"] = output_figures(reference, loaded["gpu"].logits(data.evaluation), data.labels)
+    gates = config.quality_gates.model_dump()
+    report = {
+        "model": name,
+        "source": config.source,
+        "kind": kind,
+        "task": config.task,
+        "data": data.description + f" ({sum(len(b) for b in data.calibration)} calibration rows, {len(data.evaluation)} evaluation rows"
+        + (", labelled)" if data.labels is not None else ", no labels)"),
+        "quantize": {"mode": mode, **(quantization or {})},
+        "figures": {variant: {k: round(v, 6) for k, v in f.items()} for variant, f in figures.items()},
+        "gates": {gate: bound for gate, bound in gates.items() if bound is not None},
+        "speed": speed,
+        "cpu_pool": {"serves": cpu_serves, "backend": loaded["int8"].backend, "why": why},
+        "backends": {variant: model.backend for variant, model in loaded.items()},
+        "failures": gate_failures(figures, gates),
+    }
+    if not report["failures"]:
+        shared = []
+        if source.class_names:
+            shared.append(work / backends.LABELS_FILE)
+            shared[-1].write_text(json.dumps({str(i): label for i, label in enumerate(source.class_names)}))
+        for file_name, content in source.extra_files.items():
+            shared.append(work / file_name)
+            shared[-1].write_bytes(content)
+        logger.info("%s: archiving MARs", name)
+        variants.archive_variants(name, work, staging.model_store, specs, shared)
+    mars = variants.describe_mars(name, specs, loaded)
+    mars[variants.mar_name(name, "int8")]["serves"] = cpu_serves
+    return BuiltModel(mars, report, {"source": config.source, "quantize": report["quantize"], "cpu_pool": report["cpu_pool"]})
+
+
+def cpu_pool_choice(mode: str, quantization: dict | None, speed: dict | None, pool_batch: int) -> tuple[str, str]:
+    """What the CPU pool's MAR runs, and why: int8 only when it quantized something and is faster."""
+    if mode == "none":
+        return "fp32", "quantize: none"
+    if not quantization["quantized_layers"]:
+        return "fp32", f"{mode} int8 quantized no layer of this model (no nn.Linear/Conv modules it knows)"
+    speedup = speed[f"batch_{pool_batch}"]["int8_speedup"]
+    if speedup <= 1.0:
+        return "fp32", f"int8 is not faster than fp32 on this CPU at the pool's batch {pool_batch} (x{speedup})"
+    return "int8", f"int8 x{speedup} the fp32 rows/s at the pool's batch {pool_batch}"
+
+
+def tensor_fields(config, source: ModelSource, reference: torch.Tensor) -> dict:
+    """variant.json's tensors: the model config's declaration, else named after the example."""
+    if config.inputs is not None and config.outputs is not None:
+        return {"inputs": [spec.model_dump() for spec in config.inputs], "outputs": [spec.model_dump() for spec in config.outputs]}
+    return {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *source.example_inputs.shape[1:]]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, *reference.shape[1:]]}],
+    }
