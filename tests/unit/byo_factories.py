@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
@@ -87,3 +89,29 @@ def tiny_data() -> ModelData:
     """Held-out rows of the rule, for a program that brings no data."""
     held_out = _rows(128, 8)
     return ModelData([_rows(32, 9)], held_out, _rule(held_out), description="rows of the rule")
+
+
+class BagOfWords(nn.Module):
+    def __init__(self, vocabulary: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, 8, padding_idx=0)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        real = (ids != 0).unsqueeze(-1).float()
+        return self.head((self.embed(ids) * real).sum(1) / real.sum(1).clamp(min=1.0))
+
+
+def tiny_text() -> ModelSource:
+    """A text classifier (random weights) with the vocabulary the handler tokenizes with."""
+    from torchserve_backend.tiergate_text import Tokenizer
+
+    tokenizer = Tokenizer.from_words(["good", "bad", "not", "film", "food"], max_length=16)
+    vocab = json.dumps({"tokens": tokenizer.tokens, "max_length": tokenizer.max_length}).encode()
+    torch.manual_seed(0)
+    texts = ["good film", "not good food", "bad", "the film was bad", "good good food"] * 4
+    evaluation = tokenizer.batch(texts)
+    return ModelSource(
+        BagOfWords(len(tokenizer.tokens)).eval(), evaluation[:2], ModelData([evaluation[:8]], evaluation),
+        class_names=["negative", "positive"], extra_files={"vocab.json": vocab},
+    )  # fmt: skip

@@ -195,3 +195,16 @@ def test_a_bad_build_mapping_is_refused_with_the_reason(model, error):
 
     with pytest.raises(ConfigError, match=error):
         parse_model(model)
+
+
+def test_a_text_model_ships_its_vocabulary_and_takes_any_length(tmp_path):
+    config = BuildConfig(factory=f"{FACTORIES}:tiny_text", kind="text", quantize="dynamic", gates=QualityGates(min_cosine=0.9))
+    result = build_model(tmp_path, "words", config)
+    assert read_mar(result.mar_path("int8"), "vocab.json")["tokens"][:2] == ["<pad>", "<unk>"]
+    assert read_mar(result.mar_path("int8"), "variant.json")["kind"] == "text"
+    from torchserve_backend.tiergate_backends import load_model
+
+    with zipfile.ZipFile(result.mar_path("fp32")) as archive:
+        archive.extractall(tmp_path / "fp32")
+    fp32 = load_model(tmp_path / "fp32", read_mar(result.mar_path("fp32"), "variant.json"))
+    assert fp32.logits(torch.randint(1, 7, (3, 40))).shape == (3, 2)  # longer than any text it was exported with
