@@ -25,8 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -54,17 +52,14 @@ from model.sources import (
     load_program,
     synthetic_data,
 )
+from model.speed import cpu_pool_choice, measure_speed
 from torchserve_backend import tiergate_backends as backends
 from torchserve_backend.tiergate_images import CROP_SIZE
 
 logger = logging.getLogger("model.build")
 
-SOURCES = tuple(PACKAGE_DIR / name for name in ("byo.py", "sources.py", "gates.py", "variants.py", "quantize.py", "gpu.py"))
+SOURCES = tuple(PACKAGE_DIR / name for name in ("byo.py", "sources.py", "gates.py", "speed.py", "variants.py", "quantize.py", "gpu.py"))
 IMAGE_ROW = (3, CROP_SIZE, CROP_SIZE)
-# Per batch size: up to 20 warm-up calls each (TorchScript optimises a shape on its first runs),
-# then timed calls for a second; at least 5 each, so a big model at a big batch stays bounded.
-SPEED_SECONDS = 1.0
-WARM_UP_CALLS, MIN_TIMED_CALLS = 20, 5
 
 
 def build(artifacts_dir: Path, name: str, config, *, force: bool = False) -> BuildResult:
@@ -172,39 +167,6 @@ def quantize(name: str, mode: str, source: ModelSource, data: ModelData, path: P
     return {"method": f"fx-{mode}-torchscript" if mode == "static" else "dynamic-linear-torchscript", "quantized_layers": layers}
 
 
-def call_seconds(loaded: backends.LoadedModel, batch: torch.Tensor) -> float:
-    started = time.perf_counter()
-    loaded.logits(batch)
-    return time.perf_counter() - started
-
-
-def measure_speed(fp32: backends.LoadedModel, int8: backends.LoadedModel, data: ModelData, batch_sizes: list[int]) -> dict:
-    """fp32 and int8 rows per second, side by side: calls alternate one by one after the warm-up
-    (so a neighbour's burst on a shared CPU hits both alike), and each rate is rows ÷ its median
-    call time."""
-    speed = {"torch_threads": torch.get_num_threads(), "measured": "in the build, as the handler runs them: "
-             "rows per median call, fp32 and int8 calls alternating"}  # fmt: skip
-    for size in batch_sizes:
-        batch = data.evaluation[:size]
-        if len(batch) < size:
-            batch = batch.repeat((size // len(batch) + 1,) + (1,) * (batch.dim() - 1))[:size]
-        warm_up_started = time.perf_counter()
-        for _ in range(WARM_UP_CALLS):
-            fp32.logits(batch), int8.logits(batch)
-            if time.perf_counter() - warm_up_started > SPEED_SECONDS:
-                break
-        timings, started = {"fp32": [], "int8": []}, time.perf_counter()
-        while len(timings["fp32"]) < MIN_TIMED_CALLS or time.perf_counter() - started < SPEED_SECONDS:
-            timings["fp32"].append(call_seconds(fp32, batch))
-            timings["int8"].append(call_seconds(int8, batch))
-        fp32_rate, int8_rate = (size / statistics.median(timings[v]) for v in ("fp32", "int8"))
-        speed[f"batch_{size}"] = {
-            "fp32_rows_per_s": round(fp32_rate, 1), "int8_rows_per_s": round(int8_rate, 1),
-            "int8_speedup": round(int8_rate / fp32_rate, 2), "calls_each": len(timings["fp32"]),
-        }  # fmt: skip
-    return speed
-
-
 def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) -> BuiltModel:
     kind = kind_of(config)
     source, data = resolve(name, config)
@@ -238,7 +200,7 @@ def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) 
             figures["int8"] = output_figures(reference, int8_model.logits(data.evaluation), data.labels)
         except Exception as error:
             raise BuildInputError(name, "check int8", f"the int8 model does not run on the evaluation data: {type(error).__name__}: {str(error)[:300]}") from error
-        speed = measure_speed(fp32, int8_model, data, sorted({1, config.pool_batch_size}))
+        speed = measure_speed(fp32, int8_model, data.evaluation, sorted({1, config.pool_batch_size}))
 
     cpu_serves, why = cpu_pool_choice(mode, quantization, speed, config.pool_batch_size)
     cpu_artifacts = [backends.ARTIFACT_INT8] if cpu_serves == "int8" else [backends.ARTIFACT_FP32]
@@ -278,18 +240,6 @@ def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) 
     mars = variants.describe_mars(name, specs, loaded)
     mars[variants.mar_name(name, "int8")]["serves"] = cpu_serves
     return BuiltModel(mars, report, {"source": config.source, "quantize": report["quantize"], "cpu_pool": report["cpu_pool"]})
-
-
-def cpu_pool_choice(mode: str, quantization: dict | None, speed: dict | None, pool_batch: int) -> tuple[str, str]:
-    """What the CPU pool's MAR runs, and why: int8 only when it quantized something and is faster."""
-    if mode == "none":
-        return "fp32", "quantize: none"
-    if not quantization["quantized_layers"]:
-        return "fp32", f"{mode} int8 quantized no layer of this model (no nn.Linear/Conv modules it knows)"
-    speedup = speed[f"batch_{pool_batch}"]["int8_speedup"]
-    if speedup <= 1.0:
-        return "fp32", f"int8 is not faster than fp32 on this CPU at the pool's batch {pool_batch} (x{speedup})"
-    return "int8", f"int8 x{speedup} the fp32 rows/s at the pool's batch {pool_batch}"
 
 
 def tensor_fields(config, source: ModelSource, reference: torch.Tensor) -> dict:
