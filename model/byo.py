@@ -170,20 +170,13 @@ def quantize(name: str, mode: str, source: ModelSource, data: ModelData, path: P
 def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) -> BuiltModel:
     kind = kind_of(config)
     source, data = resolve(name, config)
-    mode = config.quantize or ("static" if any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in source.module.modules()) else "dynamic")
-    files = {
-        backends.ARTIFACT_FP32: f"{name}-fp32.pt2",
-        backends.ARTIFACT_INT8: f"{name}-int8.torchscript.pt",
-        backends.ARTIFACT_TENSORRT: f"{name}-tensorrt-fp16.ep",
-    }
-    work = staging.work_dir
+    has_convolutions = any(isinstance(module, torch.nn.modules.conv._ConvNd) for module in source.module.modules())
+    mode = config.quantize or ("static" if has_convolutions else "dynamic")
+    work, files = staging.work_dir, artifact_files(name)
     logger.info("%s: exporting fp32 from %s", name, config.source)
     torch.export.save(export_fp32(name, kind, source, config.max_batch_size), str(work / files[backends.ARTIFACT_FP32]))
-    fp32 = backends.load_model(work, {"variant": "fp32", "artifacts": {backends.ARTIFACT_FP32: files[backends.ARTIFACT_FP32]}, "max_batch_size": config.max_batch_size})
-    try:
-        reference = fp32.logits(data.evaluation)
-    except Exception as error:
-        raise BuildInputError(name, "check data", f"the fp32 program does not run on the evaluation data: {type(error).__name__}: {str(error)[:300]}") from error
+    fp32 = load_artifact(work, files, backends.ARTIFACT_FP32, config.max_batch_size)
+    reference = run_on(name, "check data", "the fp32 program", fp32, data.evaluation)
 
     gpu_artifacts = [backends.ARTIFACT_FP32]
     if gpu_build_backend == backends.BACKEND_TENSORRT_FP16 and source.example_inputs.is_floating_point():
@@ -191,36 +184,32 @@ def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) 
         compile_tensorrt_fp16(source.module, source.example_inputs, config.max_batch_size, work / files[backends.ARTIFACT_TENSORRT])
         gpu_artifacts.insert(0, backends.ARTIFACT_TENSORRT)
 
-    figures, quantization, speed, int8_model = {"fp32": output_figures(reference, reference, data.labels)}, None, None, None
+    figures, quantization, speed = {"fp32": output_figures(reference, reference, data.labels)}, None, None
     if mode != "none":
         logger.info("%s: quantizing to int8 (%s)", name, mode)
         quantization = quantize(name, mode, source, data, work / files[backends.ARTIFACT_INT8])
-        int8_model = backends.load_model(work, {"variant": "int8", "artifacts": {backends.ARTIFACT_INT8: files[backends.ARTIFACT_INT8]}, "max_batch_size": config.max_batch_size})
-        try:
-            figures["int8"] = output_figures(reference, int8_model.logits(data.evaluation), data.labels)
-        except Exception as error:
-            raise BuildInputError(name, "check int8", f"the int8 model does not run on the evaluation data: {type(error).__name__}: {str(error)[:300]}") from error
-        speed = measure_speed(fp32, int8_model, data.evaluation, sorted({1, config.pool_batch_size}))
-
+        int8 = load_artifact(work, files, backends.ARTIFACT_INT8, config.max_batch_size)
+        figures["int8"] = output_figures(reference, run_on(name, "check int8", "the int8 model", int8, data.evaluation), data.labels)
+        speed = measure_speed(fp32, int8, data.evaluation, sorted({1, config.pool_batch_size}))
     cpu_serves, why = cpu_pool_choice(mode, quantization, speed, config.pool_batch_size)
-    cpu_artifacts = [backends.ARTIFACT_INT8] if cpu_serves == "int8" else [backends.ARTIFACT_FP32]
-    kind_fields = {}
-    if kind == "tensor":
-        kind_fields = tensor_fields(config, source, reference)
+
+    kind_fields = tensor_fields(config, source, reference) if kind == "tensor" else {}
     specs = variants.variant_specs(name, kind, config.max_batch_size, files, gpu_artifacts, task=config.task, **kind_fields)
-    specs["int8"]["artifacts"] = {artifact: files[artifact] for artifact in cpu_artifacts}
+    cpu_artifact = backends.ARTIFACT_INT8 if cpu_serves == "int8" else backends.ARTIFACT_FP32
+    specs["int8"]["artifacts"] = {cpu_artifact: files[cpu_artifact]}
     loaded = variants.load_variants(work, specs)
     figures["gpu"] = output_figures(reference, loaded["gpu"].logits(data.evaluation), data.labels)
     gates = config.quality_gates.model_dump()
+    labelled = "labelled" if data.labels is not None else "no labels"
     report = {
         "model": name,
         "source": config.source,
         "kind": kind,
         "task": config.task,
-        "data": data.description + f" ({sum(len(b) for b in data.calibration)} calibration rows, {len(data.evaluation)} evaluation rows"
-        + (", labelled)" if data.labels is not None else ", no labels)"),
+        "data": f"{data.description} ({sum(map(len, data.calibration))} calibration rows, "
+        f"{len(data.evaluation)} evaluation rows, {labelled})",
         "quantize": {"mode": mode, **(quantization or {})},
-        "figures": {variant: {k: round(v, 6) for k, v in f.items()} for variant, f in figures.items()},
+        "figures": {variant: {key: round(value, 6) for key, value in f.items()} for variant, f in figures.items()},
         "gates": {gate: bound for gate, bound in gates.items() if bound is not None},
         "speed": speed,
         "cpu_pool": {"serves": cpu_serves, "backend": loaded["int8"].backend, "why": why},
@@ -228,18 +217,44 @@ def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) 
         "failures": gate_failures(figures, gates),
     }
     if not report["failures"]:
-        shared = []
-        if source.class_names:
-            shared.append(work / backends.LABELS_FILE)
-            shared[-1].write_text(json.dumps({str(i): label for i, label in enumerate(source.class_names)}))
-        for file_name, content in source.extra_files.items():
-            shared.append(work / file_name)
-            shared[-1].write_bytes(content)
         logger.info("%s: archiving MARs", name)
-        variants.archive_variants(name, work, staging.model_store, specs, shared)
+        variants.archive_variants(name, work, staging.model_store, specs, shared_files(work, source))
     mars = variants.describe_mars(name, specs, loaded)
     mars[variants.mar_name(name, "int8")]["serves"] = cpu_serves
     return BuiltModel(mars, report, {"source": config.source, "quantize": report["quantize"], "cpu_pool": report["cpu_pool"]})
+
+
+def artifact_files(name: str) -> dict[str, str]:
+    return {
+        backends.ARTIFACT_FP32: f"{name}-fp32.pt2",
+        backends.ARTIFACT_INT8: f"{name}-int8.torchscript.pt",
+        backends.ARTIFACT_TENSORRT: f"{name}-tensorrt-fp16.ep",
+    }
+
+
+def load_artifact(work: Path, files: dict[str, str], artifact: str, max_batch_size: int) -> backends.LoadedModel:
+    """One serialized model, loaded the way the handler loads it."""
+    variant = "int8" if artifact == backends.ARTIFACT_INT8 else "fp32"
+    return backends.load_model(work, {"variant": variant, "artifacts": {artifact: files[artifact]}, "max_batch_size": max_batch_size})
+
+
+def run_on(name: str, step: str, what: str, model: backends.LoadedModel, rows: torch.Tensor) -> torch.Tensor:
+    try:
+        return model.logits(rows)
+    except Exception as error:
+        raise BuildInputError(name, step, f"{what} does not run on the evaluation data: {type(error).__name__}: {str(error)[:300]}") from error
+
+
+def shared_files(work: Path, source: ModelSource) -> list[Path]:
+    """Files every variant's MAR carries: class names, and what the source's handler reads (vocab.json)."""
+    files = []
+    if source.class_names:
+        files.append(work / backends.LABELS_FILE)
+        files[-1].write_text(json.dumps({str(index): label for index, label in enumerate(source.class_names)}))
+    for file_name, content in source.extra_files.items():
+        files.append(work / file_name)
+        files[-1].write_bytes(content)
+    return files
 
 
 def tensor_fields(config, source: ModelSource, reference: torch.Tensor) -> dict:
