@@ -10,9 +10,10 @@ program or torchvision classifier; model/sources.py resolves it).
           torch_tensorrt exist at build time)              -> tensorrt-fp16 / inductor-cuda / cpu-fp32
 
 Why not PT2E int8 (the maintained flow): torch 2.14 no longer ships torch.ao's PT2E; torchao's
-X86InductorQuantizer runs here, but its int8 only pays off compiled by inductor with freezing at
-worker start (16 s a shape on this machine) and measured no faster than the FX TorchScript
-model (bench/int8_paths.py, BENCHMARKS.md), so the served int8 stays FX TorchScript.
+X86InductorQuantizer runs here and its int8 measured x1.15 the FX TorchScript model, but only
+compiled by inductor with freezing, which a pool worker would pay at start for every batch
+shape (bench/int8_paths.py, BENCHMARKS.md); that serving path is not built, so int8 is FX
+TorchScript.
 
 The build fails, leaving the previous artifacts published, when a gate fails (the message
 names the model and the figure) or when an input is unusable (BuildInputError names the model
