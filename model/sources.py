@@ -21,8 +21,6 @@ from pathlib import Path
 
 import torch
 
-from model.artifacts import sha256_file
-
 
 class BuildInputError(ValueError):
     """A model source, its data or its example that the build cannot use; names model and step."""
@@ -164,7 +162,3 @@ def _call(model: str, step: str, function: Callable):
         raise
     except Exception as error:
         raise BuildInputError(model, step, f"{type(error).__name__}: {error}") from error
-
-
-def weights_digest(path: str | None) -> str | None:
-    return sha256_file(Path(path)) if path is not None else None
