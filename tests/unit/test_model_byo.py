@@ -105,12 +105,17 @@ def test_an_exported_program_builds_and_a_fixed_batch_one_is_refused(tmp_path):
         build_model(tmp_path / "out", "fixed", source(program=str(fixed)))
 
 
-def test_a_torchvision_classifier_builds_on_the_bundled_photos(tmp_path):
-    config = BuildConfig(torchvision="squeezenet1_1", kind="image", gates=QualityGates(min_cosine=0.9), pool_batch_size=2)
+def test_a_torchvision_classifier_with_its_weights_builds_on_the_bundled_photos(tmp_path):
+    import torchvision
+
+    torch.manual_seed(1)
+    weights = tmp_path / "squeeze.pt"
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), weights)
+    config = BuildConfig(torchvision="squeezenet1_1", weights=str(weights), kind="image", gates=QualityGates(min_cosine=0.9), pool_batch_size=2)
     result = build_model(tmp_path, "squeeze", config)
     report = result.report()
     assert report["kind"] == "image" and report["quantize"]["mode"] == "static"
-    assert "squeezenet1_1 (random weights" in report["data"] and report["figures"]["int8"]["cosine"] >= 0.9
+    assert f"squeezenet1_1 ({weights})" in report["data"] and report["figures"]["int8"]["cosine"] >= 0.9
     assert len(read_mar(result.mar_path("gpu"), "index_to_name.json")) == 1000
 
 
@@ -134,6 +139,8 @@ def test_a_failing_gate_names_model_and_figure_and_keeps_the_previous_build(mlp)
         ({"factory": f"{FACTORIES}:tiny_mlp", "data": f"{FACTORIES}:wrong_shape_data"}, "check data",
          r"calibration batch 0 is \(8, 15\) torch.float32; the model takes \(N, 16\)"),
         ({"program": "no/such/model.pt2"}, "load program", "is not a file"),
+        ({"torchvision": "squeezenet1_1", "weights": __file__}, "load weights", "test_model_byo.py: UnpicklingError"),
+        ({"torchvision": "no_such_net"}, "load torchvision", "'no_such_net'"),
     ],
 )  # fmt: skip
 def test_bad_inputs_fail_fast_naming_model_and_step_and_keep_the_previous_build(mlp, fields, step, detail):
@@ -208,3 +215,13 @@ def test_a_text_model_ships_its_vocabulary_and_takes_any_length(tmp_path):
         archive.extractall(tmp_path / "fp32")
     fp32 = load_model(tmp_path / "fp32", read_mar(result.mar_path("fp32"), "variant.json"))
     assert fp32.logits(torch.randint(1, 7, (3, 40))).shape == (3, 2)  # longer than any text it was exported with
+
+
+def test_tiergate_build_model_builds_one_model_or_says_why_not(tmp_path, capsys):
+    from gateway.cli import main
+
+    assert main(["build-model", "--out", str(tmp_path), "--name", "plain", "--factory", f"{FACTORIES}:tiny_regressor",
+                 "--task", "regressor", "--quantize", "none"]) == 0  # fmt: skip
+    assert "plain: the CPU pool serves fp32 (cpu-fp32): quantize: none" in capsys.readouterr().out
+    assert main(["build-model", "--out", str(tmp_path), "--name", "bad", "--factory", f"{FACTORIES}:failing_factory"]) == 1
+    assert "build failed: model 'bad': call factory: RuntimeError: the weights server is down" in capsys.readouterr().err
