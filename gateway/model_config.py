@@ -83,10 +83,11 @@ class BuildConfig(Strict):
     gates: QualityGates | None = Field(default=None, description="default: top-1 agreement 0.97 (classifier), cosine 0.99 (regressor)")
     max_batch_size: int = Field(default=32, ge=2, description="the largest batch the exported programs take")
     pool_batch_size: int = Field(default=8, ge=1, description="the CPU pool's batch: int8 must be faster at it to be served")
-    # Filled from the model's declaration (never written in YAML): how requests reach the model.
-    kind: Literal["image", "tensor", "text"] | None = None
-    inputs: list[TensorSpec] | None = None
-    outputs: list[TensorSpec] | None = None
+    # Filled from the model's declaration (never written in YAML, never dumped: parsing the dump
+    # derives them again): how requests reach the model.
+    kind: Literal["image", "tensor", "text"] | None = Field(default=None, exclude=True)
+    inputs: list[TensorSpec] | None = Field(default=None, exclude=True)
+    outputs: list[TensorSpec] | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _one_source(self) -> BuildConfig:

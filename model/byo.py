@@ -65,7 +65,11 @@ IMAGE_ROW = (3, CROP_SIZE, CROP_SIZE)
 
 def build(artifacts_dir: Path, name: str, config, *, force: bool = False) -> BuildResult:
     """Build model name from config (a gateway.model_config.BuildConfig), unless up to date."""
-    sources, inputs = list(SOURCES), {"build": config.model_dump(mode="json"), "gpu": detect_gpu_build_backend()}
+    served = {  # derived from the model's profile, so left out of the config's own dump
+        "kind": kind_of(config),
+        "tensors": [[spec.model_dump() for spec in specs] for specs in (config.inputs or [], config.outputs or [])],
+    }
+    sources, inputs = list(SOURCES), {"build": config.model_dump(mode="json"), **served, "gpu": detect_gpu_build_backend()}
     for step, reference in (("import factory", config.factory), ("load data", config.data)):
         if reference is not None:
             path = function_source_file(name, step, reference)

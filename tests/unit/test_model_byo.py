@@ -180,6 +180,7 @@ def test_a_build_mapping_takes_its_kind_and_tensors_from_the_profile():
                "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]}  # fmt: skip
     build = parse_model({"profile": "tensor", **tensors, "build": {"factory": "pkg.mod:fn"}}).build
     assert (build.kind, build.inputs[0].name, build.outputs[0].name) == ("tensor", "x", "y")
+    assert build.model_dump().keys().isdisjoint({"kind", "inputs", "outputs"})  # derived again on parsing a dump
     assert build.quality_gates.min_top1_agreement == 0.97
     assert parse_model({"profile": "json", "build": {"program": "m.pt2", "task": "regressor"}}).build.quality_gates.min_cosine == 0.99
     assert parse_model({"profile": "image-classifier", "build": {"torchvision": "resnet50"}}).build.kind == "image"
