@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build-models", help="build the model artifacts (MARs)")
     build.add_argument("--config", type=Path, default=None)
 
+    commands.add_parser(
+        "build-model",
+        help="build one model's MARs from a recipe or a model source: --name N (--factory PKG.MOD:FN | --program FILE.pt2"
+        " | --torchvision ARCH [--weights FILE] | --recipe R) (model/recipes.py; --help)",
+    )
+
     check = commands.add_parser("check-config", help="validate a gateway YAML file (and cluster settings)")
     check.add_argument("config", type=Path)
     check.add_argument("--cluster", type=Path, default=None, help="cluster settings YAML for render-k8s")
@@ -66,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from .k8s_render import main as render_k8s
 
         return render_k8s(argv[1:])
+    if argv[:1] == ["build-model"]:  # its options belong to the model builder
+        from model.recipes import main as build_model
+
+        return build_model(argv[1:])
     if argv[:1] == ["bench"]:  # its options belong to the harness
         from .bench import main as bench
 

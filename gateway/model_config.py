@@ -47,6 +47,89 @@ class TensorSpec(Strict):
         return shape
 
 
+class QualityGates(Strict):
+    """What the int8 and gpu variants must reach against fp32 on the evaluation data, or the build
+    fails naming the model and the figure. Classifiers are judged by top-1 agreement (and accuracy
+    where the data has labels), regressors and embeddings by error and cosine similarity."""
+
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    min_accuracy: float | None = Field(default=None, ge=0, le=1, description="fp32 and int8 top-1 accuracy")
+    max_abs_error: float | None = Field(default=None, ge=0)
+    max_rel_error: float | None = Field(default=None, ge=0, description="‖int8 − fp32‖ / ‖fp32‖ over the data")
+    min_cosine: float | None = Field(default=None, ge=-1, le=1)
+
+
+CLASSIFIER_GATES = QualityGates(min_top1_agreement=0.97)
+REGRESSOR_GATES = QualityGates(min_cosine=0.99)
+# How each profile's requests reach the model (the handler's kinds, torchserve_backend/handler.py).
+PROFILE_KINDS = {"image-classifier": "image", "tensor": "tensor", "json": "text"}
+
+
+class BuildConfig(Strict):
+    """A model source and what to make of it (model/byo.py builds it). Exactly one source:
+    `factory` (package.module:function returning the nn.Module and example inputs), `program`
+    (a torch.export.save file) or `torchvision` (a classifier by name, `weights` for real ones)."""
+
+    factory: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    program: str | None = Field(default=None, description="an ExportedProgram file (.pt2), relative to the working directory")
+    torchvision: str | None = Field(default=None, description="a torchvision classifier, e.g. resnet50")
+    weights: str | None = Field(default=None, description="a state_dict file for `torchvision` (default: random weights)")
+    data: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="package.module:function returning calibration and evaluation data (model/byo.py ModelData)",
+    )
+    quantize: Literal["static", "dynamic", "none"] | None = Field(
+        default=None, description="int8 for the CPU pool: static (calibrated; convolutional models), dynamic"
+        " (Linear-heavy models), none; default: static when the model has convolutions, else dynamic",
+    )
+    task: Literal["classifier", "regressor"] = "classifier"
+    gates: QualityGates | None = Field(default=None, description="default: top-1 agreement 0.97 (classifier), cosine 0.99 (regressor)")
+    max_batch_size: int = Field(default=32, ge=2, description="the largest batch the exported programs take")
+    pool_batch_size: int = Field(default=8, ge=1, description="the CPU pool's batch: int8 must be faster at it to be served")
+    # Filled from the model's declaration (never written in YAML, never dumped: parsing the dump
+    # derives them again): how requests reach the model.
+    kind: Literal["image", "tensor", "text"] | None = Field(default=None, exclude=True)
+    inputs: list[TensorSpec] | None = Field(default=None, exclude=True)
+    outputs: list[TensorSpec] | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildConfig:
+        sources = [key for key in ("factory", "program", "torchvision") if getattr(self, key) is not None]
+        if len(sources) != 1:
+            raise ValueError(f"build names exactly one of factory, program, torchvision; got {sources or 'none'}")
+        if self.weights is not None and self.torchvision is None:
+            raise ValueError("weights go with a torchvision classifier; a factory loads its own")
+        if self.data is not None and self.torchvision is not None:
+            raise ValueError("a torchvision classifier is calibrated and checked on the bundled photos; drop data")
+        return self
+
+    @property
+    def source(self) -> str:
+        """What the build reads, for messages: 'factory pkg.mod:fn' and the like."""
+        for key in ("factory", "program", "torchvision"):
+            if getattr(self, key) is not None:
+                return f"{key} {getattr(self, key)}"
+        raise AssertionError("validated: one source")
+
+    @property
+    def quality_gates(self) -> QualityGates:
+        return self.gates or (CLASSIFIER_GATES if self.task == "classifier" else REGRESSOR_GATES)
+
+
+def _build_serves_profile(data: Any) -> Any:
+    """Give a `build:` mapping the kind (and tensors) its model's profile serves, so the build
+    writes MARs the handler reads the way the gateway sends requests."""
+    if not isinstance(data, dict) or not isinstance(data.get("build"), dict):
+        return data
+    profile = data.get("profile")
+    if profile not in PROFILE_KINDS:
+        raise ValueError(f"a built model's profile is one of {sorted(PROFILE_KINDS)}; {profile!r} brings its own MAR")
+    build = {**data["build"], "kind": PROFILE_KINDS[profile]}
+    if profile == "tensor":
+        build.update(inputs=data.get("inputs"), outputs=data.get("outputs"))
+    return {**data, "build": build}
+
+
 class _Model(Strict):
     """What every model shares, whatever its profile."""
 
@@ -58,14 +141,21 @@ class _Model(Strict):
     max_body_bytes: int | None = Field(default=None, ge=1, description="this model's body limit (default: the gateway's)")
     coalesce: bool = Field(default=True, description="identical concurrent requests share one pool call (with the gateway's `coalesce`)")
     cache: CacheConfig | None = Field(default=None, description="a response cache for this model (off if absent)")
-    build: str | None = Field(
-        default=None, description="the recipe `tiergate build-models` makes this model's MARs with (model/recipes)"
+    build: str | BuildConfig | None = Field(
+        default=None,
+        description="how `tiergate build-models` makes this model's MARs: a recipe's name (model/recipes), or a"
+        " model source (factory, exported program or torchvision classifier) with its quantization and gates",
     )
     mar: str | None = Field(
         default=None,
         description="a MAR every pool loads for this model, in artifacts_dir/model-store (e.g. one built elsewhere);"
         " absent: the built <name>-<pool variant>.mar",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build_kind(cls, data: Any) -> Any:
+        return _build_serves_profile(data)
 
     @field_validator("mar")
     @classmethod

@@ -1,8 +1,9 @@
-"""tiergate model building: each model's MARs, built by the recipe its config names.
+"""tiergate model building: each model's MARs, built by the recipe or model source its config names.
 
 Public API (also importable from the submodules named here):
 
     build_model, RECIPES             model.recipes
+    ModelSource, ModelData           model.sources (what a factory returns)
     BuildResult                      model.artifacts
     build_models                     model.build (the resnet recipes)
     choose_gpu_backend               model.gpu
@@ -15,6 +16,8 @@ import importlib
 _EXPORTS = {
     "build_model": "model.recipes",
     "RECIPES": "model.recipes",
+    "ModelSource": "model.sources",
+    "ModelData": "model.sources",
     "BuildResult": "model.artifacts",
     "build_models": "model.build",
     "choose_gpu_backend": "model.gpu",

@@ -34,10 +34,18 @@ import torchvision
 
 from model import photos, variants
 from model.agreement import AgreementError, compare_logits
-from model.artifacts import PACKAGE_DIR, BuildResult, BuiltModel, Staging, build_once, sha256_file
+from model.artifacts import (
+    PACKAGE_DIR,
+    BuildResult,
+    BuiltModel,
+    Staging,
+    build_once,
+    sha256_file,
+)
 from model.digits import DigitsSettings, run_digits_check
 from model.gpu import compile_tensorrt_fp16, detect_gpu_build_backend
 from model.quantize import quantize_int8, save_torchscript
+from model.speed import serve_faster_on_cpu
 from torchserve_backend import tiergate_backends as backends
 from torchserve_backend import tiergate_images as images
 
@@ -48,8 +56,9 @@ VARIANTS = ("fp32", "int8", "gpu")
 CALIBRATION_DIR = "calibration"
 DEFAULT_DIGITS = DigitsSettings()
 SOURCES = tuple(
-    PACKAGE_DIR / name for name in ("build.py", "photos.py", "digits.py", "gpu.py", "quantize.py")
+    PACKAGE_DIR / name for name in ("build.py", "photos.py", "digits.py", "gpu.py", "quantize.py", "speed.py")
 )
+POOL_BATCH_SIZE = 8  # the CPU pool's shipped batch: int8 must be faster there to be served
 
 
 def imagenet_labels() -> dict[int, str]:
@@ -206,9 +215,7 @@ def write_artifacts(
     gpu_artifacts = [backends.ARTIFACT_FP32]
     if gpu_build_backend == backends.BACKEND_TENSORRT_FP16:
         logger.info("compiling %s with TensorRT FP16", arch)
-        compile_tensorrt_fp16(
-            model, images.CROP_SIZE, options.max_batch_size, work_dir / files[backends.ARTIFACT_TENSORRT]
-        )
+        compile_tensorrt_fp16(model, example, options.max_batch_size, work_dir / files[backends.ARTIFACT_TENSORRT])
         gpu_artifacts.insert(0, backends.ARTIFACT_TENSORRT)
     return variants.variant_specs(name, "image", options.max_batch_size, files, gpu_artifacts)
 
@@ -282,6 +289,7 @@ def describe_build(options: BuildOptions, weights: Path | None, report: dict) ->
             else {"file": None, "random_init_seed": options.seed, "batchnorm_recalibrated": True}
         ),
         "max_batch_size": options.max_batch_size,
+        "cpu_pool": report["cpu_pool"],
         "calibration": {
             arch: f"{CALIBRATION_DIR}/{arch}-calibration.npz",
             **({"digits": f"{CALIBRATION_DIR}/digits-calibration.npz"} if digits else {}),
@@ -317,6 +325,7 @@ def build_resnet(
     specs = write_artifacts(model, staging.work_dir, name, options, calibration_batches, gpu_build_backend)
     loaded = variants.load_variants(staging.work_dir, specs)
     report = check_variants(loaded, staging.record_dir, photo_sets, options, weights)
+    report.update(serve_faster_on_cpu(staging.work_dir, specs, loaded, photo_sets.evaluation, POOL_BATCH_SIZE))
     (staging.record_dir / CALIBRATION_DIR).mkdir(exist_ok=True)
     np.savez_compressed(
         staging.record_dir / CALIBRATION_DIR / f"{options.arch}-calibration.npz",
@@ -365,6 +374,11 @@ def format_report(report: dict) -> str:
             f"  fp32 reference: {reference['reference_distinct_top1']} distinct top-1 classes, "
             f"median top-1 margin {reference['reference_median_top1_margin']:.4f}"
         )
+    if "cpu_pool" in report:
+        speed = ", ".join(
+            f"{key.replace('_', ' ')} x{value['int8_speedup']}" for key, value in report["speed"].items() if key.startswith("batch_")
+        )
+        lines.append(f"int8 ÷ fp32 images/s: {speed}; the CPU pool serves {report['cpu_pool']['serves']} ({report['cpu_pool']['why']})")
     if "latency_ms_batch1" in report:
         latency = ", ".join(f"{name} {value}" for name, value in report["latency_ms_batch1"].items())
         lines.append(f"latency at batch 1 (median ms): {latency}")

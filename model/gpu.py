@@ -22,26 +22,27 @@ def detect_gpu_build_backend() -> str:
     return choose_gpu_backend(cuda_available, cuda_available and tensorrt_importable())
 
 
-def compile_tensorrt_fp16(model: torch.nn.Module, image_size: int, max_batch_size: int, path: Path) -> None:
+def compile_tensorrt_fp16(model: torch.nn.Module, example: torch.Tensor, max_batch_size: int, path: Path) -> None:
     """Compile model to a TensorRT FP16 engine with a dynamic batch dimension and save it.
 
-    The model is cast to half so the engine runs FP16 under TensorRT's explicit
-    typing; the handler feeds it float16 input accordingly.
+    example is one batch of floating inputs (any rows); the model is cast to half so the
+    engine runs FP16 under TensorRT's explicit typing, and the handler feeds it float16 input.
     """
     import torch_tensorrt
 
     device = torch.device("cuda")
     half_model = copy.deepcopy(model).to(device).half().eval()
-    example = torch.randn(min(2, max_batch_size), 3, image_size, image_size, device=device).half()
+    row = tuple(example.shape[1:])
+    example = example[:1].repeat((min(2, max_batch_size),) + (1,) * len(row)).to(device).half()
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch_size)},)
     exported = torch.export.export(half_model, (example,), dynamic_shapes=dynamic_shapes)
     compiled = torch_tensorrt.dynamo.compile(
         exported,
         inputs=[
             torch_tensorrt.Input(
-                min_shape=(1, 3, image_size, image_size),
-                opt_shape=(max(1, max_batch_size // 2), 3, image_size, image_size),
-                max_shape=(max_batch_size, 3, image_size, image_size),
+                min_shape=(1, *row),
+                opt_shape=(max(1, max_batch_size // 2), *row),
+                max_shape=(max_batch_size, *row),
                 dtype=torch.float16,
             )
         ],

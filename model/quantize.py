@@ -1,9 +1,10 @@
 """int8 static quantization for CPU serving.
 
 FX graph-mode static quantization (x86/fbgemm kernels) saved as frozen
-TorchScript measured fastest on the serving CPUs (AVX-512 VNNI).
-``torch.ao.quantization`` and TorchScript are deprecated upstream but have no
-faster replacement here, so their deprecation notices are silenced where they
+TorchScript runs int8 with no compile step at worker start. ``torch.ao.quantization``
+and TorchScript are deprecated upstream; the maintained PT2E flow (torchao) measured
+x1.15 faster here only when inductor compiles it at load (bench/int8_paths.py), which
+the handler does not do yet, so their deprecation notices are silenced where they
 are used - and only those notices.
 """
 

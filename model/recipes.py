@@ -1,6 +1,12 @@
 """The build recipes a model's `build:` names in the gateway config, and building one model.
 
     python -m model.recipes --out artifacts --name digits --recipe digits-mlp [--mar FILE] [--force]
+    python -m model.recipes --out artifacts --name NAME (--factory PKG.MOD:FN | --program FILE.pt2
+        | --torchvision ARCH [--weights FILE]) [--data PKG.MOD:FN] [--quantize static|dynamic|none]
+        [--kind image|tensor|text] [--task classifier|regressor] [--force]
+
+`build:` is either a recipe's name (the table below) or a mapping naming a model source
+(gateway/model_config.py BuildConfig), which model/byo.py builds for any model:
 
 | recipe                   | what it builds                                   | MARs in model-store/          |
 |--------------------------|--------------------------------------------------|-------------------------------|
@@ -42,14 +48,22 @@ class UnknownRecipe(ValueError):
 
 
 def build_model(
-    artifacts_dir: Path, name: str, recipe: str, *, mar: str | None = None, force: bool = False
+    artifacts_dir: Path, name: str, recipe, *, mar: str | None = None, force: bool = False
 ) -> BuildResult:
     """Build model name's MARs into artifacts_dir/model-store with recipe, unless up to date.
+
+    recipe is a recipe's name or a BuildConfig (a model source), which model/byo.py builds.
 
     mar is the file name of a recipe that makes one MAR for every pool (default <name>.mar);
     the other recipes make <name>-fp32/-int8/-gpu.mar and refuse a mar. Raises UnknownRecipe
     for a recipe not in RECIPES and AgreementError (naming the model) when a quality gate fails.
     """
+    if not isinstance(recipe, str):
+        if mar is not None:
+            raise ValueError(f"model {name!r}: a model source builds {name}-<variant>.mar for each pool variant; drop `mar:`")
+        from model import byo
+
+        return byo.build(Path(artifacts_dir), name, recipe, force=force)
     if recipe not in RECIPES:
         raise UnknownRecipe(f"model {name!r}: unknown build recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     if mar is not None and recipe not in SINGLE_MAR_RECIPES:
@@ -70,17 +84,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("artifacts"))
     parser.add_argument("--name", required=True, help="the model's name (TorchServe registers the MARs as it)")
-    parser.add_argument("--recipe", required=True, choices=sorted(RECIPES))
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", choices=sorted(RECIPES))
+    source.add_argument("--factory", help="package.module:function returning the nn.Module and example inputs")
+    source.add_argument("--program", help="an ExportedProgram file (torch.export.save)")
+    source.add_argument("--torchvision", help="a torchvision classifier by name (e.g. resnet50)")
+    parser.add_argument("--weights", help="state_dict file for --torchvision (default: random weights)")
+    parser.add_argument("--data", help="package.module:function returning calibration and evaluation data")
+    parser.add_argument("--quantize", choices=("static", "dynamic", "none"))
+    parser.add_argument("--kind", choices=("image", "tensor", "text"), help="how requests reach the model")
+    parser.add_argument("--task", choices=("classifier", "regressor"), default="classifier")
     parser.add_argument("--mar", help="file name of a single-MAR recipe's MAR (default <name>.mar)")
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    recipe = args.recipe
+    if recipe is None:
+        from gateway.model_config import BuildConfig
+
+        fields = ("factory", "program", "torchvision", "weights", "data", "quantize", "kind", "task")
+        recipe = BuildConfig(**{key: getattr(args, key) for key in fields if getattr(args, key) is not None})
     try:
-        result = build_model(args.out, args.name, args.recipe, mar=args.mar, force=args.force)
-    except AgreementError as error:
+        result = build_model(args.out, args.name, recipe, mar=args.mar, force=args.force)
+    except (AgreementError, ValueError) as error:  # a failed gate, a bad source (BuildInputError)
         print(f"build failed: {error}", file=sys.stderr)
         return 1
     print(f"{args.name}: {'built' if result.rebuilt else 'up to date'}; {', '.join(result.manifest['mars'])}")
+    cpu_pool = result.manifest.get("cpu_pool")
+    if cpu_pool:
+        print(f"{args.name}: the CPU pool serves {cpu_pool['serves']} ({cpu_pool['backend']}): {cpu_pool['why']}")
     return 0
 
 

@@ -137,7 +137,9 @@ class TiergateHandler:
         if rows:
             batch = self.inputs.collate(rows)
             batch_size = len(batch)
-            probabilities = self.model.logits(batch).softmax(dim=1)
+            outputs = self.model.logits(batch)
+            # A classifier answers probabilities; a regressor's or an embedding's outputs go out as computed.
+            probabilities = outputs if self.variant.get("task") == "regressor" else outputs.softmax(dim=1)
             for idx, answer_rows in zip(row_owners, probabilities.split([len(row) for row in rows])):
                 responses[idx] = self.inputs.answer(data[idx], answer_rows, self.model_name, self.model_version)
 

@@ -109,3 +109,19 @@ def test_bad_tensors_get_400_while_the_rest_of_the_batch_is_answered(service, mo
 
 def test_describe_reports_the_backend_and_kind(service):
     assert service.describe() == {"backend": "cpu-fp32", "kind": "tensor", "variant": "fp32"}
+
+
+def test_a_regressor_answers_its_outputs_as_computed_not_a_softmax(tmp_path):
+    model_dir = write_tensor_model_dir(tmp_path / "regressor")
+    spec = json.loads((model_dir / backends.VARIANT_FILE).read_text())
+    (model_dir / backends.VARIANT_FILE).write_text(json.dumps({**spec, "task": "regressor"}))
+    context = make_context(model_dir)
+    context.manifest = {"model": {"modelName": "tiny", "modelVersion": "1.0"}}
+    service = handler.TiergateHandler()
+    service.initialize(context, cuda_available=False)
+
+    [answer], _ = run(service, model_dir, [tensor_request(2, seed=5)])
+
+    rows = torch.tensor(features(2, 5)).reshape(2, FEATURES)
+    expected = torch.export.load(str(model_dir / "mlp.pt2")).module()(rows)
+    assert answer["outputs"][0]["data"] == pytest.approx(expected.flatten().tolist(), abs=1e-5)

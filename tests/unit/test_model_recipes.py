@@ -49,7 +49,7 @@ def test_digits_variants_are_tensor_mars_and_pass_their_gate(artifacts):
     _, digits, _ = artifacts
     report = digits.report()
     assert report["passed"] and report["fp32_top1_accuracy"] >= 0.9 and report["int8_top1_agreement"] >= 0.97
-    assert report["backends"]["int8"] == "cpu-int8"
+    assert report["backends"]["int8"] == report["cpu_pool"]["backend"]  # cpu-int8 where int8 measured faster
     spec = json.loads(read_mar(digits.mar_path("int8"), "variant.json"))
     assert spec["kind"] == "tensor" and spec["inputs"][0] == {"name": "features", "datatype": "FP32", "shape": [-1, 64]}
     manifest = json.loads(read_mar(digits.mar_path("gpu"), "MAR-INF/MANIFEST.json"))["model"]
@@ -113,4 +113,17 @@ def test_every_recipe_the_bundled_config_names_exists():
     from gateway.config import load_config
 
     config = load_config(default_config())
-    assert {model.build for model in config.models.values() if model.build} <= set(RECIPES)
+    assert {model.build for model in config.models.values() if isinstance(model.build, str)} <= set(RECIPES)
+
+
+def test_the_cpu_pool_mar_of_a_recipe_runs_what_its_build_measured(artifacts):
+    """Never a silent int8: the int8 MAR holds int8 only when the build measured it faster."""
+    _, digits, text = artifacts
+    for result in (digits, text):
+        report = result.report()
+        faster = report["speed"]["batch_8"]["int8_speedup"] > 1.0
+        artifacts_held = list(json.loads(read_mar(result.mar_path("int8"), "variant.json"))["artifacts"])
+        assert artifacts_held == (["int8-torchscript"] if faster else ["fp32-exported-program"])
+        assert report["cpu_pool"]["backend"] == ("cpu-int8" if faster else "cpu-fp32") == report["backends"]["int8"]
+        assert result.manifest["cpu_pool"] == report["cpu_pool"]
+        assert result.manifest["mars"][result.mar_path("int8").name]["backend"] == report["cpu_pool"]["backend"]
