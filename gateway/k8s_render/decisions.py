@@ -106,6 +106,8 @@ def decision(path: str) -> tuple[str, str] | None:
         return DECISIONS[path]
     if any(path.startswith(prefix + ".") for prefix in CARRIED_WHOLE):
         return (USER_CONFIG, "")
+    if path.startswith("models.*.build."):  # the model source, its quantization and gates
+        return (BUILD, "how `tiergate build-models` makes the MARs the pool images copy")
     return None
 
 

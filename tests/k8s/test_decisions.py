@@ -165,6 +165,7 @@ MANIFEST_CHANGES: dict[str, tuple[Callable[[dict], None] | None, Callable[[dict]
     "models": (None, _add_model),
     "models.*.max_body_bytes": (None, _set("models.resnet18.max_body_bytes", 20_000_000)),
     "models.*.mar": (None, _set("models.digits.mar", "digits-custom-gpu.mar")),
+    "models.*.version": (None, _set("models.digits.version", "2.0")),  # the version TorchServe registers
     "pools": (None, _add_pool),
     "pools.*.models": (None, _drop_sentiment_from_gpu),
     "pools.*.max_concurrency": (None, _set("pools.cpu.max_concurrency", 32)),
