@@ -182,11 +182,11 @@ class PoolClient:
     async def ping(self, pool: str) -> str | None:
         """None when the pool answers TorchServe's ping "Healthy", else why not.
 
-        TorchServe says "Partial Healthy" (still HTTP 200) while some model has fewer running
-        workers than its minimum, "Unhealthy" (500) while none has any: only "Healthy" means
-        every model it serves has its workers. (A probe inference per model would see a model
-        scaled to zero too, but every probe would count as a request in the pool's metrics;
-        scaling takes the management key, which the local pools keep on.)
+        TorchServe says "Partial Healthy" (still HTTP 200) or "Unhealthy" (500) when it counts
+        fewer running workers than the models' minimums. It counts worker threads, not worker
+        processes: a killed worker being restarted still counts, so this does not see a model
+        short of workers. (A probe inference per model would, but every probe would count as a
+        request in the pool's metrics; the management API's describe would, but takes its key.)
         """
         request = PoolRequest("GET", self._urls[pool] + "/ping", timeout_s=1.0)
         try:
