@@ -59,6 +59,12 @@ class PoolConfig(Strict):
     auth_token_file: Path | None = Field(
         default=None, description="file holding TorchServe's inference token (production)"
     )
+    management_url: str | None = Field(
+        default=None,
+        description="TorchServe's management API: where set, readiness asks it (describe, read-only) that each"
+        " model has a READY worker; TorchServe's ping does not see a model short of workers. The local stack sets it",
+    )
+    management_token_file: Path | None = Field(default=None, description="file holding TorchServe's management key")
     max_concurrency: int = Field(
         default=8, ge=1, description="calls in flight to this pool, shared by all gateway replicas"
     )
@@ -80,7 +86,7 @@ class PoolConfig(Strict):
     )
     local: LocalLaunch | None = None
 
-    @field_validator("url", "metrics_url")
+    @field_validator("url", "metrics_url", "management_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):

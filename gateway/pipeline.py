@@ -111,16 +111,23 @@ class Pipeline:
         })
 
     async def readiness(self) -> tuple[dict[str, str | None], dict[str, str]]:
-        """For each pool a tier uses, None when TorchServe's ping says it is healthy (every model
-        it serves has its workers), else why not; and per model "ready" when every pool serving it
-        is, else "not ready: " and why. (Shadow targets are not serving: their health never makes
-        the gateway unready.)"""
+        """For each pool a tier uses, None when TorchServe's ping says it is healthy, else why not;
+        and per model "ready" when every pool serving it is and has a READY worker for it, else
+        "not ready: " and why. (Shadow targets are not serving: their health never makes the
+        gateway unready.)"""
         names = sorted({pool for model in self.config.models for pool in self.serving_pools(model)})
         pools = dict(zip(names, await asyncio.gather(*(self.pools.ping(name) for name in names))))
-        models = {}
+        # The ping does not see a model short of workers; the pool's management API, where the
+        # config names it, does.
+        asked = [(model, pool) for model in self.config.models for pool in self.serving_pools(model) if pools[pool] is None]
+        answers = await asyncio.gather(*(self.pools.worker_check(pool, model) for model, pool in asked))
+        problems: dict[str, list[str]] = {model: [] for model in self.config.models}
         for model in self.config.models:
-            problems = [f"pool {pool!r}: {pools[pool]}" for pool in self.serving_pools(model) if pools[pool]]
-            models[model] = "not ready: " + "; ".join(problems) if problems else "ready"
+            problems[model] += [f"pool {pool!r}: {pools[pool]}" for pool in self.serving_pools(model) if pools[pool]]
+        for (model, pool), why in zip(asked, answers):
+            if why is not None:
+                problems[model].append(f"pool {pool!r}: {why}")
+        models = {model: "not ready: " + "; ".join(why) if why else "ready" for model, why in problems.items()}
         return pools, models
 
     async def close_when_idle(self) -> None:

@@ -96,7 +96,7 @@ class AiohttpTransport:
             total=budget, sock_connect=min(budget, self._pools[pool].connect_timeout_s)
         )
         headers = request.headers
-        if (token := self._tokens.get(pool)) is not None:
+        if (token := self._tokens.get(pool)) is not None and "Authorization" not in headers:
             try:
                 headers = {**headers, "Authorization": "Bearer " + token.read()}
             except (OSError, ValueError) as exc:
@@ -146,6 +146,10 @@ class PoolClient:
 
     def __init__(self, pools: Mapping[str, PoolConfig], transport: Transport) -> None:
         self._urls = {name: pool.url for name, pool in pools.items()}
+        self._management = {name: pool.management_url for name, pool in pools.items() if pool.management_url}
+        self._management_keys = {
+            name: TokenFile(pool.management_token_file) for name, pool in pools.items() if pool.management_token_file
+        }
         self.transport = transport
 
     async def infer(self, pool: str, call: "Call", budget_s: float | None = None) -> Inference:
@@ -184,9 +188,9 @@ class PoolClient:
 
         TorchServe says "Partial Healthy" (still HTTP 200) or "Unhealthy" (500) when it counts
         fewer running workers than the models' minimums. It counts worker threads, not worker
-        processes: a killed worker being restarted still counts, so this does not see a model
-        short of workers. (A probe inference per model would, but every probe would count as a
-        request in the pool's metrics; the management API's describe would, but takes its key.)
+        processes: a killed worker being restarted still counts, so a model short of workers
+        is seen only by `worker_check`. (A probe inference per model would see it too, but every
+        probe would count as a request in the pool's metrics.)
         """
         request = PoolRequest("GET", self._urls[pool] + "/ping", timeout_s=1.0)
         try:
@@ -202,6 +206,33 @@ class PoolClient:
         if status in ("Partial Healthy", "Unhealthy"):
             return f"ping says {status}: a model has fewer running workers than its minimum"
         return f"ping answered HTTP {response.status}"
+
+
+    async def worker_check(self, pool: str, model: str) -> str | None:
+        """None when the pool's management API describes a READY worker for `model` (or the
+        pool has no management_url to ask), else why not."""
+        if pool not in self._management:
+            return None
+        headers = {}
+        if (key := self._management_keys.get(pool)) is not None:
+            try:
+                headers["Authorization"] = "Bearer " + key.read()
+            except (OSError, ValueError) as exc:
+                return f"no management key to present ({exc})"
+        request = PoolRequest("GET", f"{self._management[pool]}/models/{model}", timeout_s=1.0, headers=headers)
+        try:
+            response = await self.transport.send(pool, request)
+            versions = orjson.loads(response.body) if response.status == 200 else None
+        except (PoolUnreachable, PoolDropped, PoolTimeout) as exc:
+            return f"management API: {exc}"
+        except orjson.JSONDecodeError:
+            versions = None
+        if not isinstance(versions, list):
+            return f"management API answered HTTP {response.status} for model {model!r}"
+        workers = [worker for version in versions if isinstance(version, dict) for worker in version.get("workers", [])]
+        if not any(isinstance(worker, dict) and worker.get("status") == "READY" for worker in workers):
+            return f"no READY worker for model {model!r}"
+        return None
 
 
 # A pool's own 4xx is the client's fault (bad image, unknown version) and passes

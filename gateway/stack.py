@@ -25,7 +25,7 @@ from typing import Callable
 
 import httpx
 
-from torchserve_backend.launcher import INFERENCE_TOKEN_FILE, KEY_FILE, PoolProcess, PoolSpec, PoolStartError
+from torchserve_backend.launcher import INFERENCE_TOKEN_FILE, KEY_FILE, MANAGEMENT_TOKEN_FILE, PoolProcess, PoolSpec, PoolStartError
 from torchserve_backend.processes import alive, processes_with_env, stop_group, stop_processes
 
 from . import ingress_guard
@@ -208,12 +208,18 @@ def _deploy(config: GatewayConfig, paths: StatePaths) -> GatewayConfig:
 
 def _with_local_tokens(config: GatewayConfig, paths: StatePaths) -> GatewayConfig:
     """The config as the replicas get it: each local pool's calls carry the inference key its
-    TorchServe made (token auth stays on), read from the file the launcher keeps current."""
-    pools = {
-        name: pool.model_copy(update={"auth_token_file": paths.pools / name / INFERENCE_TOKEN_FILE})
-        if pool.local is not None and pool.local.token_auth and pool.auth_token_file is None else pool
-        for name, pool in config.pools.items()
-    }
+    TorchServe made (token auth stays on), read from the file the launcher keeps current, and
+    readiness asks the pool's management API (with its key) that each model has a READY worker."""
+    pools = {}
+    for name, pool in config.pools.items():
+        update: dict = {}
+        if pool.local is not None and pool.management_url is None:
+            update["management_url"] = f"http://127.0.0.1:{pool.local.management_port}"
+            if pool.local.token_auth:
+                update["management_token_file"] = paths.pools / name / MANAGEMENT_TOKEN_FILE
+        if pool.local is not None and pool.local.token_auth and pool.auth_token_file is None:
+            update["auth_token_file"] = paths.pools / name / INFERENCE_TOKEN_FILE
+        pools[name] = pool.model_copy(update=update)
     return config.model_copy(update={"pools": pools})
 
 

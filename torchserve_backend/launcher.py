@@ -41,6 +41,8 @@ BACKEND_UNREPORTED = "unreported"
 KEY_FILE = "key_file.json"
 # The inference key alone, where the gateway reads it (its pools' `auth_token_file`).
 INFERENCE_TOKEN_FILE = "inference.token"
+# The management key alone, for the gateway's readiness check (describe: read-only use).
+MANAGEMENT_TOKEN_FILE = "management.token"
 
 
 class PoolStartError(RuntimeError):
@@ -87,6 +89,10 @@ class PoolSpec:
     @property
     def inference_token_file(self) -> Path:
         return self.workdir / INFERENCE_TOKEN_FILE
+
+    @property
+    def management_token_file(self) -> Path:
+        return self.workdir / MANAGEMENT_TOKEN_FILE
 
 
 class PoolProcess:
@@ -169,12 +175,12 @@ class PoolProcess:
         """
         deadline = time.monotonic() + timeout_s
         keys = self._wait_keys(deadline, timeout_s) if self.spec.launch.token_auth else None
-        if keys:  # at once: until then, a gateway re-reading the file after a restart has a stale key
-            token = self.spec.inference_token_file
-            staged = token.with_suffix(".new")
-            staged.write_text(keys["inference"]["key"])
-            staged.chmod(0o600)
-            staged.replace(token)
+        if keys:  # at once: until then, a gateway re-reading the files after a restart has stale keys
+            for kind, token in (("inference", self.spec.inference_token_file), ("management", self.spec.management_token_file)):
+                staged = token.with_suffix(".new")
+                staged.write_text(keys[kind]["key"])
+                staged.chmod(0o600)
+                staged.replace(token)
         headers = {"Authorization": f"Bearer {keys['management']['key']}"} if keys else {}
         with httpx.Client(base_url=self.spec.management_url, headers=headers, trust_env=False, timeout=30.0) as client:
             backends = {self._wait_model(client, model, deadline, timeout_s) for model in self.spec.models}

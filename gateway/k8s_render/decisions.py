@@ -67,6 +67,8 @@ DECISIONS: dict[str, tuple[str, str]] = {
     "pools.*.models": (MANIFESTS, "user_config; the MARs the pool's TorchServe loads"),
     "pools.*.metrics_url": (REPLACED, "the pool's Service, metrics port"),
     "pools.*.auth_token_file": (REPLACED, "the tiergate-pool-token Secret, mounted on the Ray workers"),
+    "pools.*.management_url": (REPLACED, "none: the gateway holds no management key in the cluster; readiness reads the ping"),
+    "pools.*.management_token_file": (REPLACED, "none (see management_url)"),
     "pools.*.max_concurrency": (MANIFESTS, "user_config; the gateway's Serve target_ongoing_requests"),
     "pools.*.max_queue": (USER_CONFIG, ""),
     "pools.*.reserve": (USER_CONFIG, ""),

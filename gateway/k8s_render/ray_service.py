@@ -61,6 +61,8 @@ def in_cluster_config(config: GatewayConfig, settings: ClusterSettings) -> dict[
         host = f"{pool.deployment}.{settings.namespace}.svc.cluster.local"
         entry = data["pools"][pool.name]
         entry.pop("local")
+        entry.pop("management_url", None)  # (decisions.py: no management key in the cluster)
+        entry.pop("management_token_file", None)
         entry.update(
             url=f"http://{host}:{pool.launch.inference_port}",
             metrics_url=f"http://{host}:{pool.launch.metrics_port}/metrics",

@@ -35,3 +35,34 @@ async def test_healthy_pools_are_ready():
         ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["models"] == {"resnet18": "ready"}
     assert len(ready.json()["config"]) == 16  # the digest of the config this replica runs
+
+
+def described(gpu_workers: list[dict]):
+    """Pools whose ping says Healthy; the gpu pool's management API describes `gpu_workers`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "gpu.management":
+            assert request.headers["authorization"] == "Bearer management-key"
+            return httpx.Response(200, json=[{"modelName": "resnet18", "modelVersion": "1.0", "workers": gpu_workers}])
+        return by_pool(request)
+
+    return handler
+
+
+@pytest.mark.parametrize("workers, ready", [
+    ([{"id": "9000", "status": "READY"}], True),
+    ([], False),  # scaled to zero: the ping still says Healthy
+    ([{"id": "9000", "status": "UNLOADING"}], False),  # a killed worker being restarted
+])
+async def test_a_pool_with_a_management_url_is_asked_for_a_ready_worker_per_model(tmp_path, workers, ready):
+    key = tmp_path / "management.token"
+    key.write_text("management-key\n")
+    pools = {
+        "gpu": {"url": "http://gpu.pool:8080", "management_url": "http://gpu.management:8081", "management_token_file": str(key)},
+        "cpu": {"url": "http://cpu.pool:8090"},
+    }
+    async with gateway(described(workers), pools=pools) as client:
+        answer = await client.get("/readyz")
+    assert answer.status_code == (200 if ready else 503)
+    expected = "ready" if ready else "not ready: pool 'gpu': no READY worker for model 'resnet18'"
+    assert answer.json()["models"]["resnet18"] == expected
