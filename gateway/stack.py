@@ -223,9 +223,10 @@ def _with_local_tokens(config: GatewayConfig, paths: StatePaths) -> GatewayConfi
     return config.model_copy(update={"pools": pools})
 
 
-def _wait_config_applied(config: GatewayConfig, timeout_s: float = 60.0) -> None:
-    """Until the gateway answers with this config: HAProxy spreads the probes over the replicas,
-    so as many answers in a row as there are replicas, plus a couple."""
+def _wait_config_applied(config: GatewayConfig, timeout_s: float = 120.0) -> None:
+    """Until Serve has settled (no replica of an earlier version left: a change of shape replaces
+    them) and the gateway answers with this config: HAProxy spreads the probes over the
+    replicas, so as many answers in a row as there are replicas, plus a couple."""
     wanted, in_a_row = config.digest(), 0
     deadline = time.monotonic() + timeout_s
     with httpx.Client(trust_env=False, timeout=5.0) as client:
@@ -235,10 +236,23 @@ def _wait_config_applied(config: GatewayConfig, timeout_s: float = 60.0) -> None
             except (httpx.TransportError, ValueError):
                 running = None
             in_a_row = in_a_row + 1 if running == wanted else 0
-            if in_a_row >= config.replicas + 2:
+            if in_a_row >= config.replicas + 2 and _serve_settled():
                 return
             time.sleep(0.1)
     raise StackError(f"the gateway did not take the new config within {timeout_s:.0f}s")
+
+
+def _serve_settled() -> bool:
+    """Serve reports the application running and every deployment healthy (not updating)."""
+    from ray import serve
+
+    from .app import APPLICATION
+
+    application = serve.status().applications.get(APPLICATION)
+    return (
+        application is not None and application.status == "RUNNING"
+        and all(deployment.status == "HEALTHY" for deployment in application.deployments.values())
+    )
 
 
 # Settings the running stack cannot take without starting again: Ray's ingress reads them once.

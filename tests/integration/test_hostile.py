@@ -165,7 +165,12 @@ def test_the_live_gateway_serves_its_openapi_document(stack, before):
 def test_live_gateway_conforms_to_its_openapi_document(case, stack, before):
     session = requests.Session()
     session.trust_env = False  # never through an environment proxy
-    case.call_and_validate(base_url=stack.url, session=session, excluded_checks=[positive_data_acceptance])
+    response = case.call(base_url=stack.url, session=session)
+    if response.status_code == 400 and response.headers.get("content-type") == "text/html":
+        # HAProxy's own refusal of a head it cannot parse (a generated header name that is not an
+        # HTTP token, say), answered before any errorfile or the gateway: README, "What listens where".
+        return
+    case.validate_response(response, excluded_checks=[positive_data_acceptance])
 
 
 # --- property-based, over the wire -------------------------------------------------------------
