@@ -1,7 +1,7 @@
 """The in-process limit of the int8 model: what a pool could serve if HTTP, queues and
 batching cost nothing.
 
-The int8 TorchScript is taken from the MAR and run in batched forward passes, in as
+The int8 AOTInductor package is taken from the MAR and run in batched forward passes, in as
 many processes as the pool has workers, each at the pool's torch thread count, all at
 once (the pool's compute share of the machine). The best batch size gives the limit;
 the handler's image preprocessing (decode, resize, normalize) is timed separately,
@@ -18,7 +18,6 @@ import math
 import multiprocessing
 import tempfile
 import time
-import warnings
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,9 +57,9 @@ class ModelLimit:
         }
 
 
-def torchscript_from_mar(mar: Path, into: Path) -> Path:
+def package_from_mar(mar: Path, into: Path) -> Path:
     with zipfile.ZipFile(mar) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".torchscript.pt"))
+        name = next(n for n in archive.namelist() if n.endswith(".aoti.pt2"))
         archive.extract(name, into)
     return into / name
 
@@ -72,9 +71,7 @@ def _worker(
     import torch
 
     torch.set_num_threads(threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(model_path, map_location="cpu").eval()
+    module = torch._inductor.aoti_load_package(model_path)
     rates = {}
     with torch.inference_mode():
         for batch_size in batch_sizes:
@@ -104,7 +101,7 @@ def measure(
 ) -> ModelLimit:
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="tiergate-model-limit-") as scratch:
-        model_path = str(torchscript_from_mar(mar, Path(scratch)))
+        model_path = str(package_from_mar(mar, Path(scratch)))
         start, results = context.Barrier(workers), context.Queue()
         processes = [
             context.Process(

@@ -5,7 +5,7 @@
 Produces, under --out (see model/artifacts.py for the layout):
 
     model-store/<name>-fp32.mar   fp32 reference (ExportedProgram)          -> backend cpu-fp32
-    model-store/<name>-int8.mar   FX static int8 (TorchScript)              -> backend cpu-int8
+    model-store/<name>-int8.mar   PT2E static int8 (AOTInductor package)    -> backend cpu-int8
     model-store/<name>-gpu.mar    TensorRT FP16 where CUDA+torch_tensorrt   -> tensorrt-fp16
                                   existed at build time, else fp32 that the handler
                                   runs with inductor-cuda (CUDA host) or cpu-fp32
@@ -44,7 +44,7 @@ from model.artifacts import (
 )
 from model.digits import DigitsSettings, run_digits_check
 from model.gpu import compile_tensorrt_fp16, detect_gpu_build_backend
-from model.quantize import quantize_int8, save_torchscript
+from model.quantize import STATIC, write_int8_package
 from model.speed import serve_faster_on_cpu
 from torchserve_backend import tiergate_backends as backends
 from torchserve_backend import tiergate_images as images
@@ -199,18 +199,17 @@ def write_artifacts(
     arch = options.arch
     files = {
         backends.ARTIFACT_FP32: f"{name}-fp32.pt2",
-        backends.ARTIFACT_INT8: f"{name}-int8.torchscript.pt",
+        backends.ARTIFACT_INT8: f"{name}-int8.aoti.pt2",
         backends.ARTIFACT_TENSORRT: f"{name}-tensorrt-fp16.ep",
     }
     logger.info("exporting fp32 %s", arch)
     example = torch.randn(2, 3, images.CROP_SIZE, images.CROP_SIZE)  # 2: export specialises batch 1
-    batch_dim = torch.export.Dim("batch", min=1, max=options.max_batch_size)
-    exported = torch.export.export(copy.deepcopy(model), (example,), dynamic_shapes=({0: batch_dim},))
+    dims = ({0: torch.export.Dim("batch", min=1, max=options.max_batch_size)},)
+    exported = torch.export.export(copy.deepcopy(model), (example,), dynamic_shapes=dims)
     torch.export.save(exported, str(work_dir / files[backends.ARTIFACT_FP32]))
 
-    logger.info("quantizing %s to int8", arch)
-    quantized = quantize_int8(model, calibration_batches)
-    save_torchscript(quantized, example, work_dir / files[backends.ARTIFACT_INT8])
+    logger.info("quantizing %s to int8 and compiling it (AOTInductor)", arch)
+    write_int8_package(model, example, dims, STATIC, work_dir / files[backends.ARTIFACT_INT8], calibration_batches)
 
     gpu_artifacts = [backends.ARTIFACT_FP32]
     if gpu_build_backend == backends.BACKEND_TENSORRT_FP16:

@@ -2,18 +2,16 @@
 program or torchvision classifier; model/sources.py resolves it).
 
     fp32  the ExportedProgram, batch dimension dynamic                   -> cpu-fp32
-    int8  the CPU pool's MAR: int8 TorchScript (static: FX graph mode,  -> cpu-int8
-          calibrated; dynamic: int8 Linear layers) when it agrees with
-          fp32 and is faster at the pool's batch on this CPU; otherwise
-          the fp32 program, and the report says why                     -> cpu-fp32
+    int8  the CPU pool's MAR: torchao's PT2E int8 (static: calibrated;   -> cpu-int8
+          dynamic: Linear layers) compiled by AOTInductor, when it
+          agrees with fp32 and is faster at the pool's batch on this
+          CPU; otherwise the fp32 program, and the report says why      -> cpu-fp32
     gpu   the fp32 program (+ a TensorRT FP16 engine where CUDA and
           torch_tensorrt exist at build time)              -> tensorrt-fp16 / inductor-cuda / cpu-fp32
 
-Why not PT2E int8 (the maintained flow): torch 2.14 no longer ships torch.ao's PT2E; torchao's
-X86InductorQuantizer runs here and its int8 measured x1.15 the FX TorchScript model, but only
-compiled by inductor with freezing, which a pool worker would pay at start for every batch
-shape (bench/int8_paths.py, BENCHMARKS.md); that serving path is not built, so int8 is FX
-TorchScript.
+The int8 program is quantized from the module (a factory's or torchvision's) or, for a
+`program:` source, from the program itself, and exported again with the fp32 program's
+dynamic dimensions (model/quantize.py).
 
 The build fails, leaving the previous artifacts published, when a gate fails (the message
 names the model and the figure) or when an input is unusable (BuildInputError names the model
@@ -41,7 +39,7 @@ from model.artifacts import (
 )
 from model.gates import gate_failures, output_figures
 from model.gpu import compile_tensorrt_fp16, detect_gpu_build_backend
-from model.quantize import deprecations_silenced, quantize_dynamic_int8, quantize_int8
+from model.quantize import dynamic_shapes_of, write_int8_package
 from model.sources import (
     BuildInputError,
     ModelData,
@@ -135,41 +133,36 @@ def check_example(name: str, kind: str, config, source: ModelSource) -> None:
             raise BuildInputError(name, "check example", "a text model's source brings vocab.json and its class names")
 
 
+def export_example(source: ModelSource) -> torch.Tensor:
+    """Two rows of the example: exporting with one would specialise the batch to 1."""
+    example = source.example_inputs
+    return (torch.cat([example[:1], example[:1]]) if len(example) < 2 else example[:2]).contiguous()
+
+
 def export_fp32(name: str, kind: str, source: ModelSource, max_batch_size: int) -> torch.export.ExportedProgram:
     """The fp32 program with a dynamic batch (and a dynamic length for text)."""
     if source.program is not None:
         return source.program
-    example = source.example_inputs
-    example = torch.cat([example[:1], example[:1]]) if len(example) < 2 else example[:2]  # batch 1 would specialise
+    example = export_example(source)
     dims = {0: torch.export.Dim("batch", min=1, max=max_batch_size)}
     if kind == "text":
         dims[1] = torch.export.Dim("tokens", min=1, max=max(2, example.shape[1]) * 64)
     try:
-        return torch.export.export(copy.deepcopy(source.module), (example.contiguous(),), dynamic_shapes=(dims,))
+        return torch.export.export(copy.deepcopy(source.module), (example,), dynamic_shapes=(dims,))
     except Exception as error:
         raise BuildInputError(name, "export", f"torch.export cannot trace the module: {type(error).__name__}: {str(error)[:600]}") from error
 
 
-def quantize(name: str, mode: str, source: ModelSource, data: ModelData, path: Path) -> dict:
-    """Write the int8 TorchScript model to path; return what was done (quantized layer count)."""
+def quantize(name: str, mode: str, source: ModelSource, data: ModelData, fp32: torch.export.ExportedProgram, path: Path) -> dict:
+    """Write the int8 package to path when quantizing changed a layer; return what was done."""
+    example, dims = export_example(source), dynamic_shapes_of(fp32)
     try:
-        if mode == "static":
-            quantized = quantize_int8(source.module, data.calibration)
-        else:
-            quantized = quantize_dynamic_int8(source.module)
-        layers = sum(
-            1 for module in quantized.modules()
-            if "quantized" in type(module).__module__ and not type(module).__name__.endswith("PackedParams")
-        )  # fmt: skip
-        with deprecations_silenced(), torch.no_grad():
-            try:  # script keeps control flow and any input length; trace when the module is not scriptable
-                scripted = torch.jit.script(quantized)
-            except Exception:  # noqa: BLE001 - TorchScript's front end raises many kinds; tracing is the fallback
-                scripted = torch.jit.trace(quantized, source.example_inputs)
-            torch.jit.save(torch.jit.freeze(scripted.eval()), str(path))
+        layers = write_int8_package(source.program or source.module, example, dims, mode, path, data.calibration)
     except Exception as error:
-        raise BuildInputError(name, f"quantize int8 ({mode})", f"{type(error).__name__}: {str(error)[:600]}") from error
-    return {"method": f"fx-{mode}-torchscript" if mode == "static" else "dynamic-linear-torchscript", "quantized_layers": layers}
+        raise BuildInputError(
+            name, f"quantize int8 ({mode})", f"{type(error).__name__}: {str(error)[:600]} (quantize: none builds without int8)"
+        ) from error
+    return {"method": f"pt2e-x86-inductor-{mode}-aoti", "quantized_layers": layers}
 
 
 def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) -> BuiltModel:
@@ -179,7 +172,8 @@ def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) 
     mode = config.quantize or ("static" if has_convolutions else "dynamic")
     work, files = staging.work_dir, artifact_files(name)
     logger.info("%s: exporting fp32 from %s", name, config.source)
-    torch.export.save(export_fp32(name, kind, source, config.max_batch_size), str(work / files[backends.ARTIFACT_FP32]))
+    program = export_fp32(name, kind, source, config.max_batch_size)
+    torch.export.save(program, str(work / files[backends.ARTIFACT_FP32]))
     fp32 = load_artifact(work, files, backends.ARTIFACT_FP32, config.max_batch_size)
     reference = run_on(name, "check data", "the fp32 program", fp32, data.evaluation)
 
@@ -191,8 +185,9 @@ def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) 
 
     figures, quantization, speed = {"fp32": output_figures(reference, reference, data.labels)}, None, None
     if mode != "none":
-        logger.info("%s: quantizing to int8 (%s)", name, mode)
-        quantization = quantize(name, mode, source, data, work / files[backends.ARTIFACT_INT8])
+        logger.info("%s: quantizing to int8 (%s) and compiling it (AOTInductor)", name, mode)
+        quantization = quantize(name, mode, source, data, program, work / files[backends.ARTIFACT_INT8])
+    if quantization and quantization["quantized_layers"]:
         int8 = load_artifact(work, files, backends.ARTIFACT_INT8, config.max_batch_size)
         figures["int8"] = output_figures(reference, run_on(name, "check int8", "the int8 model", int8, data.evaluation), data.labels)
         speed = measure_speed(fp32, int8, data.evaluation, sorted({1, config.pool_batch_size}))
@@ -200,8 +195,8 @@ def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) 
 
     kind_fields = tensor_fields(config, source, reference) if kind == "tensor" else {}
     specs = variants.variant_specs(name, kind, config.max_batch_size, files, gpu_artifacts, task=config.task, **kind_fields)
-    cpu_artifact = backends.ARTIFACT_INT8 if cpu_serves == "int8" else backends.ARTIFACT_FP32
-    specs["int8"]["artifacts"] = {cpu_artifact: files[cpu_artifact]}
+    if cpu_serves != "int8":
+        specs["int8"]["artifacts"] = {backends.ARTIFACT_FP32: files[backends.ARTIFACT_FP32]}
     loaded = variants.load_variants(work, specs)
     figures["gpu"] = output_figures(reference, loaded["gpu"].logits(data.evaluation), data.labels)
     gates = config.quality_gates.model_dump()
@@ -232,7 +227,7 @@ def build_variants(staging: Staging, name: str, config, gpu_build_backend: str) 
 def artifact_files(name: str) -> dict[str, str]:
     return {
         backends.ARTIFACT_FP32: f"{name}-fp32.pt2",
-        backends.ARTIFACT_INT8: f"{name}-int8.torchscript.pt",
+        backends.ARTIFACT_INT8: f"{name}-int8.aoti.pt2",
         backends.ARTIFACT_TENSORRT: f"{name}-tensorrt-fp16.ep",
     }
 

@@ -2,7 +2,7 @@
 
 Its input is the 64 pixel values as sklearn gives them (0..16), one row per digit; its
 output the 10 class probabilities. Variants: fp32 (ExportedProgram), int8 (dynamic int8
-Linear layers, TorchScript) and gpu (the fp32 program: inductor-cuda on a CUDA host,
+Linear layers, PT2E compiled by AOTInductor) and gpu (the fp32 program: inductor-cuda on a CUDA host,
 cpu-fp32 without one; no TensorRT engine is compiled for it). The build fails when
 held-out fp32 accuracy or int8/fp32 top-1 agreement is below its threshold.
 """
@@ -30,7 +30,7 @@ from model.artifacts import (
     quality_failures,
     single_threaded,
 )
-from model.quantize import quantize_dynamic_int8, save_scripted
+from model.quantize import DYNAMIC, write_int8_package
 from model.speed import serve_faster_on_cpu
 from torchserve_backend import tiergate_backends as backends
 
@@ -64,7 +64,7 @@ class DigitsMlp(nn.Module):
             nn.Linear(hidden, hidden // 2), nn.ReLU(),
             nn.Linear(hidden // 2, CLASSES),
         )  # fmt: skip
-        self.pixel_max = PIXEL_MAX  # an attribute, so TorchScript sees a constant
+        self.pixel_max = PIXEL_MAX
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # Scaled inside the model, so clients send the pixel counts sklearn documents.
@@ -107,11 +107,11 @@ def build_digits_mlp(staging: Staging, name: str, settings: DigitsMlpSettings) -
         model = train(train_x, train_y, settings)
     trained_s = time.perf_counter() - started
 
-    files = {backends.ARTIFACT_FP32: f"{name}-fp32.pt2", backends.ARTIFACT_INT8: f"{name}-int8.torchscript.pt"}
-    batch = torch.export.Dim("batch", min=1, max=settings.max_batch_size)
-    exported = torch.export.export(copy.deepcopy(model), (train_x[:2],), dynamic_shapes=({0: batch},))
+    files = {backends.ARTIFACT_FP32: f"{name}-fp32.pt2", backends.ARTIFACT_INT8: f"{name}-int8.aoti.pt2"}
+    dims = ({0: torch.export.Dim("batch", min=1, max=settings.max_batch_size)},)
+    exported = torch.export.export(copy.deepcopy(model), (train_x[:2],), dynamic_shapes=dims)
     torch.export.save(exported, str(staging.work_dir / files[backends.ARTIFACT_FP32]))
-    save_scripted(quantize_dynamic_int8(model), staging.work_dir / files[backends.ARTIFACT_INT8])
+    write_int8_package(model, train_x[:2], dims, DYNAMIC, staging.work_dir / files[backends.ARTIFACT_INT8])
     specs = variants.variant_specs(
         name, "tensor", settings.max_batch_size, files, [backends.ARTIFACT_FP32],
         inputs=[{"name": "features", "datatype": "FP32", "shape": [-1, FEATURES]}],

@@ -1,95 +1,140 @@
-"""int8 static quantization for CPU serving.
+"""int8 for the CPU pool: torchao's PT2E flow, compiled ahead of time into a package.
 
-FX graph-mode static quantization (x86/fbgemm kernels) saved as frozen
-TorchScript runs int8 with no compile step at worker start. ``torch.ao.quantization``
-and TorchScript are deprecated upstream; the maintained PT2E flow (torchao) measured
-x1.15 faster here only when inductor compiles it at load (bench/int8_paths.py), which
-the handler does not do yet, so their deprecation notices are silenced where they
-are used - and only those notices.
+PT2E with the X86 Inductor quantizer is the maintained int8 path (torch.ao's FX graph mode and
+TorchScript are deprecated; torch 2.14 ships PT2E only through torchao):
+
+    static   weights per channel, activations calibrated on the build's data (convolutional models)
+    dynamic  Linear layers; activations quantized per call, no calibration (MLPs, transformers)
+
+A converted PT2E program computes in fp32 between quantize/dequantize nodes; it runs int8
+kernels (oneDNN qconv/qlinear, weights prepacked) only once inductor lowers it with freezing.
+AOTInductor does that in the build, into a package of native code plus weights that a pool
+worker loads in a fraction of a second with no compiler; torch.compile in the worker would
+pay 7-47 s at every start (bench/int8_paths.py). The package's code is for the build host's
+vector ISA, which it records: the handler runs it only on a host with that ISA or a wider one
+(``tiergate_backends.int8_runs_here``), else the fp32 program the same MAR carries.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from torch.export import Dim, ExportedProgram
 
-QUANTIZATION_BACKEND = "x86"
-
-_DEPRECATION_NOTICES = (
-    r"torch\.ao\.quantization is deprecated",
-    r"Please use quant_min and quant_max to specify the range for observers",
-    r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation",
-    r"`torch\.jit\.\w+` is deprecated",
-    # Tracing a quantized graph reads scales/zero points as Python floats; they
-    # are constants of the frozen model, so the tracer's caution does not apply.
-    r"Converting a tensor to a Python float might cause the trace to be incorrect",
-)
+STATIC, DYNAMIC = "static", "dynamic"
+# freezing: constant weights, so inductor prepacks them for oneDNN's int8 kernels;
+# dynamic_threads: the worker's OMP_NUM_THREADS applies, not the build host's core count.
+PACKAGE_CONFIG = {"freezing": True, "cpp.dynamic_threads": True}
 
 
-@contextlib.contextmanager
-def deprecations_silenced() -> Iterator[None]:
+def cpu_isa() -> str:
+    """The vector ISA ATen dispatches to on this host (AVX512, AVX2, DEFAULT, ...)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def pt2e_int8(
+    model: torch.nn.Module | ExportedProgram,
+    example: torch.Tensor,
+    dynamic_shapes: tuple,
+    mode: str,
+    calibration: Iterable[torch.Tensor] = (),
+) -> torch.fx.GraphModule:
+    """model's int8 PT2E program (an fx module computing with quantize/dequantize nodes).
+
+    A module is exported strictly first: the quantizer's fusion patterns (conv + add + relu of
+    a residual block) do not match the non-strict graph; a program is taken as it is.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_dynamic=mode == DYNAMIC))
+    batches = [example] if mode == DYNAMIC else list(calibration)
+    if not batches:
+        raise ValueError("static quantization needs at least one calibration batch")
     with warnings.catch_warnings():
-        for notice in _DEPRECATION_NOTICES:
-            warnings.filterwarnings("ignore", message=notice)
-        yield
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torchao\.")
+        prepared = prepare_pt2e(graph_of(model, example, dynamic_shapes), quantizer)
+        with torch.no_grad():
+            for batch in batches:
+                prepared(batch)
+        return convert_pt2e(prepared)
 
 
-def default_qconfig_mapping():
-    with deprecations_silenced():
-        from torch.ao.quantization import get_default_qconfig_mapping
+def graph_of(model: torch.nn.Module | ExportedProgram, example: torch.Tensor, dynamic_shapes: tuple) -> torch.fx.GraphModule:
+    if isinstance(model, ExportedProgram):
+        return model.module()
+    model = copy.deepcopy(model).eval()
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes, strict=True).module()
+    except Exception:  # noqa: BLE001 - strict tracing refuses much that non-strict export takes
+        return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes).module()
 
-        return get_default_qconfig_mapping(QUANTIZATION_BACKEND)
 
-
-def quantize_int8(
-    model: torch.nn.Module,
-    calibration_batches: Iterable[torch.Tensor],
-    qconfig_mapping=None,
-) -> torch.nn.Module:
-    """Return an int8 copy of model, with activation ranges observed on calibration_batches."""
+def quantize_int8(model: torch.nn.Module, calibration_batches: Iterable[torch.Tensor]) -> torch.fx.GraphModule:
+    """Static int8 of a model taking one batch tensor, calibrated on calibration_batches (any batch size)."""
     batches = list(calibration_batches)
     if not batches:
         raise ValueError("static quantization needs at least one calibration batch")
-    if qconfig_mapping is None:
-        qconfig_mapping = default_qconfig_mapping()
-    torch.backends.quantized.engine = QUANTIZATION_BACKEND
-    with deprecations_silenced():
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-        prepared = prepare_fx(copy.deepcopy(model).eval(), qconfig_mapping, (batches[0],))
-        with torch.inference_mode():
-            for batch in batches:
-                prepared(batch)
-        return convert_fx(prepared)
+    example = batches[0][:2] if len(batches[0]) >= 2 else batches[0].repeat(2, *[1] * (batches[0].dim() - 1))
+    return pt2e_int8(model, example, ({0: Dim("batch")},), STATIC, batches)
 
 
-def save_torchscript(module: torch.nn.Module, example_input: torch.Tensor, path: Path) -> None:
-    """Trace and freeze module (folds weights into the graph) and save it to path."""
-    with deprecations_silenced(), torch.no_grad():
-        scripted = torch.jit.freeze(torch.jit.trace(module, example_input).eval())
-        torch.jit.save(scripted, str(path))
+def quantized_layers(program: torch.fx.GraphModule) -> int:
+    """How many weights the quantizer made int8: each is dequantized per channel in the graph."""
+    dequantize = torch.ops.quantized_decomposed.dequantize_per_channel.default
+    return sum(1 for node in program.graph.nodes if node.target is dequantize)
 
 
-def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """An int8 copy of model's Linear layers, activations quantized per call (no calibration).
-
-    For MLPs and transformers, whose work is in Linear layers: ``quantize_dynamic`` runs
-    them on fbgemm's int8 kernels and needs no calibration data.
-    """
-    torch.backends.quantized.engine = QUANTIZATION_BACKEND
-    with deprecations_silenced():
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
+def save_int8_package(program: torch.fx.GraphModule, example: torch.Tensor, dynamic_shapes: tuple, path: Path) -> None:
+    """Compile the int8 program with AOTInductor into a package at path (the handler loads it)."""
+    exported = torch.export.export(program, (example,), dynamic_shapes=dynamic_shapes)
+    with torch.no_grad(), warnings.catch_warnings():
+        # inductor's int8 lowering copies its zero points the way torch.tensor warns users against
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", module=r"torch\._inductor\.")
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(path), inductor_configs=PACKAGE_CONFIG)
 
 
-def save_scripted(module: torch.nn.Module, path: Path) -> None:
-    """Script (not trace: input shapes such as a text's length vary), freeze and save module."""
-    with deprecations_silenced(), torch.no_grad():
-        scripted = torch.jit.freeze(torch.jit.script(module).eval())
-        torch.jit.save(scripted, str(path))
+def write_int8_package(
+    model: torch.nn.Module | ExportedProgram,
+    example: torch.Tensor,
+    dynamic_shapes: tuple,
+    mode: str,
+    path: Path,
+    calibration: Iterable[torch.Tensor] = (),
+) -> int:
+    """Quantize model (pt2e_int8) and write its package to path; returns how many layers are
+    int8 (none: no package is written, there is nothing int8 to run)."""
+    program = pt2e_int8(model, example, dynamic_shapes, mode, calibration)
+    layers = quantized_layers(program)
+    if layers:
+        save_int8_package(program, example, dynamic_shapes, path)
+    return layers
+
+
+def dynamic_shapes_of(program: ExportedProgram) -> tuple:
+    """The program's dynamic dimensions, as dynamic_shapes for exporting again with the same ranges."""
+    from torch.export.graph_signature import InputKind
+
+    user_inputs = {spec.arg.name for spec in program.graph_signature.input_specs if spec.kind == InputKind.USER_INPUT}
+    dims: dict[object, Dim] = {}
+    shapes = []
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        shape = {}
+        for index, size in enumerate(node.meta["val"].shape):
+            if isinstance(size, torch.SymInt):
+                symbol = size.node.expr
+                if symbol not in dims:
+                    bounds = program.range_constraints[symbol]
+                    upper = None if math.isinf(float(bounds.upper)) else int(bounds.upper)
+                    dims[symbol] = Dim(f"dim{len(dims)}", min=int(bounds.lower), max=upper)
+                shape[index] = dims[symbol]
+        shapes.append(shape)
+    return tuple(shapes)

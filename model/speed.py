@@ -13,7 +13,7 @@ import torch
 from model.artifacts import single_threaded
 from torchserve_backend import tiergate_backends as backends
 
-# Per batch size: up to 20 warm-up calls each (TorchScript optimises a shape on its first runs),
+# Per batch size: up to 20 warm-up calls each (first calls of a shape allocate and cache),
 # then timed calls for a second; at least 5 each, so a big model at a big batch stays bounded.
 SPEED_SECONDS = 1.0
 WARM_UP_CALLS, MIN_TIMED_CALLS = 20, 5

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from torch import nn
 from model.agreement import top1_accuracy
 from model.archive import archive_mar
 from model.artifacts import PACKAGE_DIR, BuildResult, BuiltModel, Staging, build_once, quality_failures, single_threaded
-from model.quantize import deprecations_silenced
 
 logger = logging.getLogger("model.build")
 
@@ -115,7 +115,9 @@ def build_stock_classifier(staging: Staging, name: str, mar: str, settings: Stoc
     minimums = {"held_out_accuracy": settings.min_accuracy}
 
     serialized = staging.work_dir / f"{name}.pt"  # .pt: the stock handler loads it with torch.jit.load
-    with deprecations_silenced(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        # TorchServe's stock handler runs TorchScript, deprecated upstream but its only format.
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
         torch.jit.save(torch.jit.trace(model, torch.zeros(2, 3, 224, 224)), str(serialized))
     labels = staging.work_dir / "index_to_name.json"
     labels.write_text(json.dumps({str(digit): str(digit) for digit in range(10)}))

@@ -7,7 +7,7 @@ attend to each other ("not" next to "good" still flips it, wherever they stand):
 learnt positions it memorised the training templates' layouts: held-out accuracy 0.86,
 0.99, 0.88 over seeds 0-2, against 1.00, 0.975, 0.96 without them (one run each here). The tokenizer and its vocab.json ship in the MAR
 (torchserve_backend/tiergate_text.py). Variants as for digits-mlp: fp32, int8 (dynamic
-int8 Linear layers, TorchScript) and gpu (the fp32 program; no TensorRT engine). The build
+int8 Linear layers, PT2E compiled by AOTInductor) and gpu (the fp32 program; no TensorRT engine). The build
 fails when held-out accuracy or int8/fp32 top-1 agreement is below its threshold.
 """
 
@@ -35,7 +35,7 @@ from model.artifacts import (
     quality_failures,
     single_threaded,
 )
-from model.quantize import quantize_dynamic_int8, save_scripted
+from model.quantize import DYNAMIC, write_int8_package
 from model.speed import serve_faster_on_cpu
 from torchserve_backend import tiergate_backends as backends
 from torchserve_backend.tiergate_text import PAD_ID, UNK_ID, VOCAB_FILE, Tokenizer
@@ -140,13 +140,13 @@ def build_text_sentiment(staging: Staging, name: str, settings: TextSentimentSet
         train(model, train_ids, train_labels, settings)
     trained_s = time.perf_counter() - started
 
-    files = {backends.ARTIFACT_FP32: f"{name}-fp32.pt2", backends.ARTIFACT_INT8: f"{name}-int8.torchscript.pt"}
+    files = {backends.ARTIFACT_FP32: f"{name}-fp32.pt2", backends.ARTIFACT_INT8: f"{name}-int8.aoti.pt2"}
     dims = {0: torch.export.Dim("batch", min=1, max=settings.max_batch_size),
             1: torch.export.Dim("tokens", min=1, max=settings.max_length)}  # fmt: skip
     example = train_ids[:2, :5].contiguous()
     exported = torch.export.export(copy.deepcopy(model), (example,), dynamic_shapes=(dims,))
     torch.export.save(exported, str(staging.work_dir / files[backends.ARTIFACT_FP32]))
-    save_scripted(quantize_dynamic_int8(model), staging.work_dir / files[backends.ARTIFACT_INT8])
+    write_int8_package(model, example, (dims,), DYNAMIC, staging.work_dir / files[backends.ARTIFACT_INT8])
     specs = variants.variant_specs(name, "text", settings.max_batch_size, files, [backends.ARTIFACT_FP32])
 
     loaded = variants.load_variants(staging.work_dir, specs)

@@ -4,7 +4,8 @@ A variant is a variant.json (what the handler reads: kind, artifacts, batch limi
 the serialized models it names, archived as <name>-<variant>.mar:
 
     fp32  the fp32 ExportedProgram                              -> cpu-fp32
-    int8  an int8 TorchScript module                           -> cpu-int8
+    int8  the int8 AOTInductor package, and the fp32 program for
+          a host whose CPU lacks the package's vector ISA      -> cpu-int8 / cpu-fp32
     gpu   the fp32 program, plus a TensorRT FP16 program when
           the recipe compiled one                               -> tensorrt-fp16 / inductor-cuda / cpu-fp32
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from model.archive import archive_tiergate_mar
+from model.quantize import cpu_isa
 from torchserve_backend import tiergate_backends as backends
 
 VARIANTS = ("fp32", "int8", "gpu")
@@ -28,7 +30,7 @@ def variant_specs(name: str, kind: str, max_batch_size: int, files: dict[str, st
     """variant.json of each variant; files maps artifact keys to file names in the work dir."""
     variant_artifacts = {
         "fp32": [backends.ARTIFACT_FP32],
-        "int8": [backends.ARTIFACT_INT8],
+        "int8": [backends.ARTIFACT_INT8, backends.ARTIFACT_FP32],
         "gpu": gpu_artifacts,
     }
     return {
@@ -39,6 +41,7 @@ def variant_specs(name: str, kind: str, max_batch_size: int, files: dict[str, st
             "max_batch_size": max_batch_size,
             "artifacts": {artifact: files[artifact] for artifact in artifacts},
             **kind_fields,
+            **({backends.ISA_FIELD: cpu_isa()} if variant == "int8" else {}),
         }
         for variant, artifacts in variant_artifacts.items()
     }

@@ -3,7 +3,8 @@
 The MAR carries ``variant.json`` naming its artifacts; the best one the serving host can
 run is loaded, and its backend is what ``X-Tiergate-Backend`` reports:
 
-* ``cpu-int8``      TorchScript int8 model (int8 MAR)
+* ``cpu-int8``      PT2E int8 program compiled by AOTInductor (int8 MAR, on a host with the
+                    vector ISA it was built for or a wider one; else its fp32 program)
 * ``tensorrt-fp16`` Torch-TensorRT ExportedProgram (gpu MAR built where TensorRT ran)
 * ``inductor-cuda`` fp32 ExportedProgram under torch.compile (gpu MAR, CUDA without TensorRT)
 * ``cpu-fp32``      fp32 ExportedProgram run eagerly (fp32 MAR, or gpu MAR on a host without CUDA)
@@ -15,7 +16,6 @@ only on torch.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,11 @@ VARIANT_FILE = "variant.json"
 LABELS_FILE = "index_to_name.json"
 
 # variant.json "artifacts" keys: which serialized model a MAR holds.
-ARTIFACT_INT8 = "int8-torchscript"
+ARTIFACT_INT8 = "int8-aoti-package"
+# variant.json "isa": the vector ISA the int8 package's native code was compiled for.
+ISA_FIELD = "isa"
+# ATen's CPU capabilities, each running the code of those before it; others must match exactly.
+ISA_ORDER = ("DEFAULT", "AVX2", "AVX512")
 ARTIFACT_FP32 = "fp32-exported-program"
 ARTIFACT_TENSORRT = "tensorrt-fp16-exported-program"
 
@@ -77,12 +81,20 @@ def tensorrt_importable() -> bool:
 def select_backend(variant: dict, cuda_available: bool, trt_importable: bool) -> str:
     """Pick the backend for a MAR's variant.json on a host with the given capabilities."""
     artifacts = variant["artifacts"]
-    if ARTIFACT_INT8 in artifacts:
+    if ARTIFACT_INT8 in artifacts and (ARTIFACT_FP32 not in artifacts or int8_runs_here(variant.get(ISA_FIELD))):
         return BACKEND_CPU_INT8
     if variant["variant"] == "gpu":
         has_engine = ARTIFACT_TENSORRT in artifacts and trt_importable
         return choose_gpu_backend(cuda_available, has_engine)
     return BACKEND_CPU_FP32
+
+
+def int8_runs_here(built_for: str | None, host: str | None = None) -> bool:
+    """Whether native code compiled for the ISA built_for runs on this host's CPU."""
+    host = host or torch.backends.cpu.get_cpu_capability()
+    if built_for in ISA_ORDER and host in ISA_ORDER:
+        return ISA_ORDER.index(host) >= ISA_ORDER.index(built_for)
+    return host == built_for
 
 
 @dataclass
@@ -125,11 +137,13 @@ def load_model(
     cuda = torch.device("cuda", gpu_id or 0)
 
     if backend == BACKEND_CPU_INT8:
-        with warnings.catch_warnings():
-            # TorchScript is deprecated upstream but still the fastest int8 runtime on CPU.
-            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated")
-            module = torch.jit.load(str(artifacts[ARTIFACT_INT8]), map_location=cpu).eval()
+        module = torch._inductor.aoti_load_package(str(artifacts[ARTIFACT_INT8]))
         return LoadedModel(module, backend, cpu, torch.float32, max_batch_size)
+    if ARTIFACT_INT8 in artifacts:
+        logger.warning(
+            "int8 package built for %s does not run on this %s CPU; serving its fp32 program (%s)",
+            variant.get(ISA_FIELD), torch.backends.cpu.get_cpu_capability(), BACKEND_CPU_FP32,
+        )
     if backend == BACKEND_TENSORRT_FP16:
         try:
             module = load_tensorrt(artifacts[ARTIFACT_TENSORRT], cuda)

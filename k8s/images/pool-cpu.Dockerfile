@@ -2,6 +2,9 @@
 # on a CPU, for the cpu-only overlay). Build the MARs first, then from the repository root:
 #   tiergate build-models
 #   docker build -f k8s/images/pool-cpu.Dockerfile -t tiergate/pool-cpu:0.1.0 .
+# An int8 MAR holds native code for the vector ISA of the CPU that built it (variant.json "isa"):
+# build on the CPU type of the pool's nodes (or a narrower one), or its workers serve the fp32
+# program the MAR also carries, reporting cpu-fp32.
 FROM python:3.11-slim-bookworm
 # checkov:skip=CKV_DOCKER_2:Kubernetes probes check health (k8s/base); a HEALTHCHECK is ignored there
 

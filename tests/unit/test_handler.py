@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import shutil
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -21,7 +23,7 @@ from ts.model_loader import TsModelLoader
 from ts.service import Service
 
 from model.archive import HANDLER_FILES
-from model.quantize import quantize_int8, save_torchscript
+from model.quantize import STATIC, cpu_isa, write_int8_package
 from torchserve_backend import handler
 from torchserve_backend import tiergate_backends as backends
 from torchserve_backend import tiergate_images as images
@@ -43,26 +45,39 @@ class TinyClassifier(nn.Module):
         return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
 
 
-def write_model_dir(
-    path: Path, variant: str = "fp32", max_batch_size: int = 8, with_trt: bool = False
-) -> Path:
-    """A model directory shaped like an unpacked tiergate MAR."""
-    path.mkdir(parents=True, exist_ok=True)
+def tiny_model() -> tuple[TinyClassifier, torch.Tensor, tuple]:
     torch.manual_seed(0)
-    model = TinyClassifier().eval()
     example = torch.randn(2, 3, handler.CROP_SIZE, handler.CROP_SIZE)
+    return TinyClassifier().eval(), example, ({0: torch.export.Dim("batch", min=1, max=8)},)
+
+
+@functools.cache
+def tiny_int8_package() -> bytes:
+    """The tiny model's int8 package, compiled once per test run (AOTInductor takes seconds)."""
+    model, example, dims = tiny_model()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "tiny-int8.pt2"
+        write_int8_package(model, example, dims, STATIC, path, [example])
+        return path.read_bytes()
+
+
+def write_model_dir(
+    path: Path, variant: str = "fp32", max_batch_size: int = 8, with_trt: bool = False, isa: str | None = None
+) -> Path:
+    """A model directory shaped like an unpacked tiergate MAR (the int8 one built for isa, default this CPU's)."""
+    path.mkdir(parents=True, exist_ok=True)
+    model, example, _ = tiny_model()
+    artifacts = {backends.ARTIFACT_FP32: "tiny-fp32.pt2"}
+    batch = torch.export.Dim("batch", min=1, max=max_batch_size)
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(path / "tiny-fp32.pt2"))
     if variant == "int8":
-        artifacts = {backends.ARTIFACT_INT8: "tiny-int8.pt"}
-        save_torchscript(quantize_int8(model, [example]), example, path / "tiny-int8.pt")
-    else:
-        artifacts = {backends.ARTIFACT_FP32: "tiny-fp32.pt2"}
-        batch = torch.export.Dim("batch", min=1, max=max_batch_size)
-        torch.export.save(
-            torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(path / "tiny-fp32.pt2")
-        )
+        artifacts = {backends.ARTIFACT_INT8: "tiny-int8.pt2", **artifacts}
+        (path / "tiny-int8.pt2").write_bytes(tiny_int8_package())
     if with_trt:
         artifacts[backends.ARTIFACT_TENSORRT] = "never-loaded-without-cuda.ep"
     spec = {"arch": "tiny", "variant": variant, "max_batch_size": max_batch_size, "artifacts": artifacts}
+    if variant == "int8":
+        spec[backends.ISA_FIELD] = isa or cpu_isa()
     (path / backends.VARIANT_FILE).write_text(json.dumps(spec))
     (path / backends.LABELS_FILE).write_text(json.dumps({str(i): name for i, name in enumerate(LABELS)}))
     return path
@@ -270,6 +285,34 @@ def test_int8_artifact_reports_cpu_int8(tmp_path, photo_jpeg):
     assert len(answer) == 5
 
 
+def test_an_int8_package_built_for_another_cpu_serves_its_fp32_program_and_says_so(tmp_path, photo_jpeg, caplog):
+    model_dir = write_model_dir(tmp_path / "int8", variant="int8", isa="SVE256")  # an Arm ISA: never this host's
+    service = handler.TiergateHandler()
+    service.initialize(make_context(model_dir), cuda_available=False)
+    [answer], context = run(service, model_dir, [{"data": photo_jpeg}])
+
+    assert service.backend == backends.BACKEND_CPU_FP32
+    assert context.get_response_headers(0)[handler.BACKEND_HEADER] == "cpu-fp32"
+    assert len(answer) == 5
+    assert "int8 package built for SVE256 does not run on this" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "built_for, host, runs",
+    [
+        ("AVX512", "AVX512", True),
+        ("AVX2", "AVX512", True),  # a wider ISA runs the narrower one's code
+        ("AVX512", "AVX2", False),
+        ("AVX2", "DEFAULT", False),
+        ("SVE256", "AVX512", False),
+        ("SVE256", "SVE256", True),
+        (None, "AVX512", False),
+    ],
+)
+def test_int8_runs_only_where_its_vector_isa_does(built_for, host, runs):
+    assert backends.int8_runs_here(built_for, host) is runs
+
+
 @pytest.mark.parametrize(
     "cuda, trt, expected",
     [
@@ -287,6 +330,7 @@ def test_choose_gpu_backend(cuda, trt, expected):
     "variant, artifacts, cuda, trt_importable, expected",
     [
         ("int8", [backends.ARTIFACT_INT8], True, True, "cpu-int8"),
+        ("int8", [backends.ARTIFACT_INT8, backends.ARTIFACT_FP32], True, True, "cpu-fp32"),  # built for no known ISA
         ("fp32", [backends.ARTIFACT_FP32], True, True, "cpu-fp32"),
         ("gpu", [backends.ARTIFACT_TENSORRT, backends.ARTIFACT_FP32], True, True, "tensorrt-fp16"),
         ("gpu", [backends.ARTIFACT_TENSORRT, backends.ARTIFACT_FP32], True, False, "inductor-cuda"),

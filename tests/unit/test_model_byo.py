@@ -43,7 +43,7 @@ def test_a_factory_builds_three_mars_with_a_report_section(mlp):
     assert report["passed"] and report["source"] == f"factory {FACTORIES}:tiny_mlp"
     assert report["data"].startswith("rows of the rule (128 calibration rows, 256 evaluation rows, labelled)")
     assert report["figures"]["fp32"]["top1_accuracy"] >= 0.8 and report["figures"]["int8"]["top1_agreement"] >= 0.95
-    assert report["quantize"] == {"mode": "dynamic", "method": "dynamic-linear-torchscript", "quantized_layers": 2}
+    assert report["quantize"] == {"mode": "dynamic", "method": "pt2e-x86-inductor-dynamic-aoti", "quantized_layers": 2}
     assert set(report["speed"]) >= {"batch_1", "batch_8"} and report["speed"]["batch_8"]["int8_rows_per_s"] > 0
     assert json.loads((out / "accuracy-report.json").read_text())["tabular"] == report
     spec = read_mar(result.mar_path("fp32"), "variant.json")
@@ -58,7 +58,7 @@ def test_the_cpu_pool_mar_runs_what_the_build_measured_never_a_silent_int8(mlp):
     int8_mar = result.manifest["mars"]["tabular-int8.mar"]
     artifacts = read_mar(result.mar_path("int8"), "variant.json")["artifacts"]
     if speedup > 1.0:
-        assert (cpu_pool["serves"], cpu_pool["backend"], list(artifacts)) == ("int8", "cpu-int8", ["int8-torchscript"])
+        assert (cpu_pool["serves"], cpu_pool["backend"], list(artifacts)) == ("int8", "cpu-int8", ["int8-aoti-package", "fp32-exported-program"])
     else:
         assert (cpu_pool["serves"], cpu_pool["backend"], list(artifacts)) == ("fp32", "cpu-fp32", ["fp32-exported-program"])
         assert "not faster than fp32" in cpu_pool["why"]
@@ -97,8 +97,9 @@ def test_an_exported_program_builds_and_a_fixed_batch_one_is_refused(tmp_path):
     result = build_model(tmp_path / "out", "program", source(program=str(path), data=f"{FACTORIES}:tiny_data"))
     report = result.report()
     assert report["passed"] and report["data"].startswith("rows of the rule")
-    # torch.ao's dynamic quantization finds no nn.Linear in an exported graph: the CPU pool serves fp32.
-    assert report["quantize"]["quantized_layers"] == 0 and report["cpu_pool"]["serves"] == "fp32"
+    # PT2E quantizes the program itself: its two Linear layers become int8.
+    assert report["quantize"] == {"mode": "dynamic", "method": "pt2e-x86-inductor-dynamic-aoti", "quantized_layers": 2}
+    assert report["figures"]["int8"]["top1_agreement"] >= 0.95
 
     torch.export.save(torch.export.export(module, (rows,)), str(fixed))
     with pytest.raises(BuildInputError, match="model 'fixed': load program: .* exported for batches of exactly 2"):

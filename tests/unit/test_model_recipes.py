@@ -123,7 +123,7 @@ def test_the_cpu_pool_mar_of_a_recipe_runs_what_its_build_measured(artifacts):
         report = result.report()
         faster = report["speed"]["batch_8"]["int8_speedup"] > 1.0
         artifacts_held = list(json.loads(read_mar(result.mar_path("int8"), "variant.json"))["artifacts"])
-        assert artifacts_held == (["int8-torchscript"] if faster else ["fp32-exported-program"])
+        assert artifacts_held == (["int8-aoti-package", "fp32-exported-program"] if faster else ["fp32-exported-program"])
         assert report["cpu_pool"]["backend"] == ("cpu-int8" if faster else "cpu-fp32") == report["backends"]["int8"]
         assert result.manifest["cpu_pool"] == report["cpu_pool"]
         assert result.manifest["mars"][result.mar_path("int8").name]["backend"] == report["cpu_pool"]["backend"]
