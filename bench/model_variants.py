@@ -101,7 +101,9 @@ def main() -> int:
                 for concurrency in (1, 8):
                     for pool, process in processes.items():
                         url = f"{process.spec.inference_url}/predictions/{model}"
-                        result = asyncio.run(closed_loop(f"{model} {labels[pool]}", url, body, headers, concurrency, args.seconds))
+                        key = process.spec.inference_token_file.read_text().strip()  # the pools keep token auth on
+                        authorized = {**headers, "Authorization": f"Bearer {key}"}
+                        result = asyncio.run(closed_loop(f"{model} {labels[pool]}", url, body, authorized, concurrency, args.seconds))
                         rates[model, pool, concurrency] = result.rps
                         print(result.row(), flush=True)
         finally:

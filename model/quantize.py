@@ -54,7 +54,7 @@ def pt2e_int8(
 
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_dynamic=mode == DYNAMIC))
-    batches = [example] if mode == DYNAMIC else list(calibration)
+    batches = [example] if mode == DYNAMIC else within_batch_limit(calibration, dynamic_shapes)
     if not batches:
         raise ValueError("static quantization needs at least one calibration batch")
     with warnings.catch_warnings():
@@ -64,6 +64,14 @@ def pt2e_int8(
             for batch in batches:
                 prepared(batch)
         return convert_pt2e(prepared)
+
+
+def within_batch_limit(batches: Iterable[torch.Tensor], dynamic_shapes: tuple) -> list[torch.Tensor]:
+    """The batches, split where one is larger than the program's batch dimension allows."""
+    batch_dim = (dynamic_shapes[0] or {}).get(0) if dynamic_shapes else None
+    limit = getattr(batch_dim, "max", None)
+    limit = int(limit) if isinstance(limit, int) else None  # unbounded: torch's int_oo
+    return [chunk for batch in batches for chunk in (batch.split(limit) if limit else [batch])]
 
 
 def graph_of(model: torch.nn.Module | ExportedProgram, example: torch.Tensor, dynamic_shapes: tuple) -> torch.fx.GraphModule:

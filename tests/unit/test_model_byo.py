@@ -65,6 +65,14 @@ def test_the_cpu_pool_mar_runs_what_the_build_measured_never_a_silent_int8(mlp):
     assert int8_mar["backend"] == report["backends"]["int8"] == cpu_pool["backend"]
 
 
+def test_static_int8_calibrates_on_batches_larger_than_the_programs_batch_limit(tmp_path):
+    # tiny_mlp's calibration batches have 32 rows; the programs take at most 8.
+    config = source(factory=f"{FACTORIES}:tiny_mlp", quantize="static", max_batch_size=8, gates=QualityGates(min_top1_agreement=0.95))
+    report = build_model(tmp_path, "static", config).report()
+    assert report["quantize"] == {"mode": "static", "method": "pt2e-x86-inductor-static-aoti", "quantized_layers": 2}
+    assert report["figures"]["int8"]["top1_agreement"] >= 0.95
+
+
 def test_quantize_none_serves_fp32_on_the_cpu_pool(tmp_path):
     result = build_model(tmp_path, "plain", source(factory=f"{FACTORIES}:tiny_regressor", task="regressor", quantize="none"))
     report = result.report()
