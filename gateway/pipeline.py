@@ -24,6 +24,8 @@ from .profiles import Profile, profile_for
 from .route import Router
 from .shadow import ShadowStage
 
+READINESS_TTL_S = 1.0
+
 Coalesce = Callable[[Call], Awaitable[Reply]]
 
 
@@ -43,6 +45,8 @@ class Pipeline:
             for name, model in config.models.items() if model.cache is not None
         }
         self.shadows = ShadowStage(config, self.pools, self.profiles)
+        self._readiness: asyncio.Task | None = None
+        self._readiness_at = 0.0
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -111,6 +115,16 @@ class Pipeline:
         })
 
     async def readiness(self) -> tuple[dict[str, str | None], dict[str, str]]:
+        """The pools' and models' readiness (`check_readiness`), asked at most once a
+        READINESS_TTL_S: /ping, /readyz and v2's ready endpoints take no key, and each check
+        costs every pool a ping and a management describe per model. Callers meanwhile share
+        the check in flight or its answer."""
+        now = time.monotonic()
+        if self._readiness is None or now - self._readiness_at >= READINESS_TTL_S:
+            self._readiness, self._readiness_at = asyncio.ensure_future(self.check_readiness()), now
+        return await asyncio.shield(self._readiness)  # a caller that goes away does not cancel the others' check
+
+    async def check_readiness(self) -> tuple[dict[str, str | None], dict[str, str]]:
         """For each pool a tier uses, None when TorchServe's ping says it is healthy, else why not;
         and per model "ready" when every pool serving it is and has a READY worker for it, else
         "not ready: " and why. (Shadow targets are not serving: their health never makes the

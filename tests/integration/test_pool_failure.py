@@ -31,6 +31,6 @@ def test_killed_pool_turns_readyz_503_and_comes_back(stack):
 
         # The supervisor records the new process once its models have READY workers.
         assert wait_for(restarted, 180)["backend"] == "cpu-fp32"
-        assert client.get("/readyz").status_code == 200
+        wait_for(lambda: client.get("/readyz").status_code == 200, 5)  # a readiness answer stands up to 1 s
         again = client.post("/predictions/resnet18", content=cat_jpeg(), headers={"X-SLA-Tier": "premium"})
     assert again.status_code == 200, again.text

@@ -1,8 +1,12 @@
 """/readyz and the v2 readiness endpoints read TorchServe's ping: only "Healthy" means every
 model of the pool has its workers ("Partial Healthy" still answers HTTP 200)."""
 
+import asyncio
+
 import httpx
 import pytest
+
+from gateway import pipeline
 
 from .fakes import by_pool, gateway
 
@@ -66,3 +70,27 @@ async def test_a_pool_with_a_management_url_is_asked_for_a_ready_worker_per_mode
     assert answer.status_code == (200 if ready else 503)
     expected = "ready" if ready else "not ready: pool 'gpu': no READY worker for model 'resnet18'"
     assert answer.json()["models"]["resnet18"] == expected
+
+
+async def test_a_flood_of_health_checks_asks_each_pool_once_a_second(monkeypatch):
+    """/ping, /readyz and v2's ready endpoints take no key: answering each from the pools
+    would hand every caller a ping per pool."""
+    pings: list[str] = []
+
+    async def slow_pools(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/ping":
+            pings.append(request.url.host)
+            await asyncio.sleep(0.05)  # callers arriving meanwhile share the check in flight
+        return by_pool(request)
+
+    monkeypatch.setattr(pipeline, "READINESS_TTL_S", 0.5)
+    async with gateway(slow_pools) as client:
+        paths = ["/readyz", "/ping", "/v2/health/ready", "/v2/models/resnet18/ready"] * 5
+        answers = await asyncio.gather(*(client.get(path) for path in paths))
+        assert all(answer.status_code == 200 for answer in answers)
+        assert sorted(pings) == ["cpu.pool", "gpu.pool"]
+        await client.get("/readyz")  # well within the half second
+        assert len(pings) == 2
+        await asyncio.sleep(0.5)
+        await client.get("/readyz")
+    assert sorted(pings) == ["cpu.pool", "cpu.pool", "gpu.pool", "gpu.pool"]
