@@ -20,13 +20,12 @@ from .config import GatewayConfig, parse_config
 from .errors import GatewayError
 from .http import HttpFront
 from .pool_client import AiohttpTransport
+from .run_settings import GATEWAY_DEPLOYMENT, serve_application
 from .shares import ReplicaShares
-
-APPLICATION = "tiergate"
 
 
 @serve.deployment(
-    name="tiergate",
+    name=GATEWAY_DEPLOYMENT,
     max_ongoing_requests=256,
     ray_actor_options={"num_cpus": 0},
     # tiergate writes its own access log (gateway/access_log.py); Serve's would be a second
@@ -61,24 +60,11 @@ class Gateway:
 
 
 def application(config: GatewayConfig, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The gateway as a Serve application config (one entry of a Serve config file's
-    `applications`), deployed declaratively by the local stack and by KubeRay alike.
-
-    The config travels only as the deployments' `user_config`, and `args` carry just what
-    decides the application's shape: Serve derives the code version from import path,
-    args and runtime_env, so a changed config file is a `reconfigure` of the running
-    replicas, and only a change of shape (coalesce_scope) starts new ones.
-    """
-    user_config = config.model_dump(mode="json")
-    deployments = [{"name": Gateway.name, "num_replicas": config.replicas, "user_config": user_config}]
-    args: dict[str, Any] = {}
-    if config.coalesce_scope == "cluster":
-        args["coalesce_scope"] = "cluster"
-        deployments.append({"name": Coalescer.name, "num_replicas": config.coalescer_replicas, "user_config": user_config})
-    app: dict[str, Any] = {
-        "name": APPLICATION, "route_prefix": "/", "import_path": "gateway.app:app_builder",
-        "args": args, "deployments": deployments,
-    }
+    """The local stack's Serve application (run_settings.serve_application) with its replica counts."""
+    app = serve_application(
+        config, config.model_dump(mode="json"),
+        gateway_options={"num_replicas": config.replicas}, coalescer_options={"num_replicas": config.coalescer_replicas},
+    )  # fmt: skip
     if runtime_env:
         app["runtime_env"] = runtime_env
     return app
@@ -88,7 +74,7 @@ def app_builder(args: dict[str, Any]):
     """Entry point for Ray Serve config files (`import_path: gateway.app:app_builder`).
 
     The config comes only from the deployments' `user_config` in the Serve config (see
-    `application`), so a config change reconfigures replicas instead of redeploying.
+    run_settings.serve_application), so a config change reconfigures replicas instead of redeploying.
     """
     if args.get("coalesce_scope") == "cluster":
         return Gateway.bind(Coalescer.bind())

@@ -25,6 +25,7 @@ from .config import GatewayConfig, parse_config
 from .errors import GatewayError
 from .pipeline import Pipeline
 from .pool_client import AiohttpTransport
+from .run_settings import COALESCER_DEPLOYMENT
 from .shares import ReplicaShares
 
 # Monotonic clocks differ between nodes: a call crosses the hop with its time left and the
@@ -34,7 +35,7 @@ HOP_SLACK_S = 0.5
 
 
 @serve.deployment(
-    name="tiergate-coalescer",
+    name=COALESCER_DEPLOYMENT,
     max_ongoing_requests=1024,
     ray_actor_options={"num_cpus": 0},
     request_router_config=RequestRouterConfig(

@@ -31,6 +31,32 @@ SERVE_TUNING_ENVIRONMENT = {
 # Ray Serve itself or make it answer a bare 500.
 INGRESS_CALLBACK_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "gateway.admit:ingress_middlewares"}
 
+# The Serve application, the same locally and on KubeRay: gateway/app.py builds it from these.
+APPLICATION = "tiergate"
+GATEWAY_DEPLOYMENT = "tiergate"  # the @serve.deployment names in gateway/app.py and cluster_coalescer.py
+COALESCER_DEPLOYMENT = "tiergate-coalescer"
+
+
+def serve_application(
+    config: GatewayConfig, user_config: dict, gateway_options: dict, coalescer_options: dict
+) -> dict:
+    """The gateway as one entry of a Serve config's `applications`, deployed declaratively by
+    the local stack and by KubeRay alike; each adds its own deployment options (replicas,
+    autoscaling, CPUs).
+
+    The config travels only as the deployments' `user_config`, and `args` carry just what
+    decides the application's shape: Serve derives the code version from import path, args
+    and runtime_env, so a changed config file is a `reconfigure` of the running replicas, and
+    only a change of shape (coalesce_scope) starts new ones.
+    """
+    deployments = [{"name": GATEWAY_DEPLOYMENT, "user_config": user_config, **gateway_options}]
+    args = {}
+    if config.coalesce_scope == "cluster":
+        args["coalesce_scope"] = "cluster"
+        deployments.append({"name": COALESCER_DEPLOYMENT, "user_config": user_config, **coalescer_options})
+    return {"name": APPLICATION, "route_prefix": "/", "import_path": "gateway.app:app_builder", "args": args, "deployments": deployments}
+
+
 # TorchServe's own gRPC listeners: unused, but always bound, so each pool gets two ports above
 # its inference port rather than TorchServe's fixed defaults (two pools would collide).
 GRPC_INFERENCE_PORT_OFFSET = 3

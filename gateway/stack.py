@@ -246,7 +246,7 @@ def _serve_settled() -> bool:
     """Serve reports the application running and every deployment healthy (not updating)."""
     from ray import serve
 
-    from .app import APPLICATION
+    from .run_settings import APPLICATION
 
     application = serve.status().applications.get(APPLICATION)
     return (

@@ -12,8 +12,6 @@ from typing import Any
 from ..config import ConfigError, GatewayConfig, LocalLaunch, PoolConfig
 
 APP = "tiergate"
-GATEWAY_DEPLOYMENT = "tiergate"  # the @serve.deployment names in gateway/app.py and cluster_coalescer.py
-COALESCER_DEPLOYMENT = "tiergate-coalescer"
 RAY_SERVICE = "tiergate"
 RAY_AUTH_SECRET = "tiergate-ray-auth"  # key auth_token: KubeRay's authOptions convention
 POOL_TOKEN_SECRET = "tiergate-pool-token"  # key token: what the gateway presents to pools

@@ -8,11 +8,9 @@ import math
 from typing import Any
 
 from ..config import GatewayConfig, parse_config
-from ..run_settings import ingress_settings
+from ..run_settings import ingress_settings, serve_application
 from . import autoscaling
 from .common import (
-    COALESCER_DEPLOYMENT,
-    GATEWAY_DEPLOYMENT,
     POOL_TOKEN_DIR,
     POOL_TOKEN_SECRET,
     RAY_AUTH_SECRET,
@@ -73,28 +71,11 @@ def in_cluster_config(config: GatewayConfig, settings: ClusterSettings) -> dict[
 
 
 def serve_config(config: GatewayConfig, settings: ClusterSettings) -> dict[str, Any]:
-    user_config = in_cluster_config(config, settings)
     deadline = max_deadline_s(config)
-    deployments = [
-        {
-            "name": GATEWAY_DEPLOYMENT,
-            "user_config": user_config,
-            "autoscaling_config": autoscaling.gateway(config, settings),
-            # Whole CPUs, so that the Ray autoscaler adds worker pods for replicas.
-            "ray_actor_options": {"num_cpus": GATEWAY_REPLICA_CPUS},
-            "graceful_shutdown_timeout_s": deadline,
-            "health_check_period_s": 10,
-        }
-    ]
-    if config.coalesce_scope == "cluster":
-        deployments.append({
-            "name": COALESCER_DEPLOYMENT,
-            "user_config": user_config,
-            "autoscaling_config": autoscaling.coalescer(config, settings),
-            "ray_actor_options": {"num_cpus": COALESCER_REPLICA_CPUS},
-            "graceful_shutdown_timeout_s": deadline,
-            "health_check_period_s": 10,
-        })
+    # Whole CPUs for gateway replicas, so that the Ray autoscaler adds worker pods for them.
+    shared = {"graceful_shutdown_timeout_s": deadline, "health_check_period_s": 10}
+    gateway = {"autoscaling_config": autoscaling.gateway(config, settings), "ray_actor_options": {"num_cpus": GATEWAY_REPLICA_CPUS}, **shared}
+    coalescer = {"autoscaling_config": autoscaling.coalescer(config, settings), "ray_actor_options": {"num_cpus": COALESCER_REPLICA_CPUS}, **shared}
     return {
         "proxy_location": "EveryNode",
         "http_options": {
@@ -104,17 +85,7 @@ def serve_config(config: GatewayConfig, settings: ClusterSettings) -> dict[str, 
             "request_timeout_s": deadline + 5,
             "keep_alive_timeout_s": 75,
         },
-        "applications": [
-            {
-                "name": RAY_SERVICE,
-                "route_prefix": "/",
-                "import_path": "gateway.app:app_builder",
-                # The config travels only as user_config, so changing it is a `reconfigure` of
-                # the running replicas; args carry only the scope, which shapes the app itself.
-                "args": {"coalesce_scope": "cluster"} if config.coalesce_scope == "cluster" else {},
-                "deployments": deployments,
-            }
-        ],
+        "applications": [serve_application(config, in_cluster_config(config, settings), gateway, coalescer)],
     }
 
 
