@@ -38,7 +38,7 @@ def free_ports(count: int) -> list[int]:
 def torchserve(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchserve")
     model_dir = write_model_dir(root / "tiny", variant="int8", max_batch_size=4)
-    files = [model_dir / name for name in ("tiny-int8.pt", backends.LABELS_FILE, backends.VARIANT_FILE)]
+    files = [model_dir / name for name in ("tiny-int8.pt2", "tiny-fp32.pt2", backends.LABELS_FILE, backends.VARIANT_FILE)]
     archive_tiergate_mar("tiny", files[0], files[1:], root / "store" / "tiny-int8.mar")
 
     inference, management, metrics, grpc = free_ports(4)
