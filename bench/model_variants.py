@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from bench.loadgen import closed_loop
-from bench.stack import base_config, cat_jpeg
+from bench.stack import base_config, cat_jpeg, stop_on_sigterm
 from gateway.config import parse_config
 from gateway.stack import build_artifacts
 from torchserve_backend.launcher import PoolProcess, PoolSpec
@@ -83,6 +83,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=6.0)
     args = parser.parse_args()
+    stop_on_sigterm()
     config = parse_config(pools_config())
     build_artifacts(config)
     store = (config.artifacts_dir / "model-store").resolve()

@@ -74,11 +74,6 @@ def run_isolated(argv: list[str], module: str = "bench.overhead") -> int:
             continue
 
 
-def stop_on_sigterm() -> None:
-    """Let SIGTERM (timeout, kill) unwind like Ctrl-C, so that everything started is stopped."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-
 def _stat_fields(pid: int | str) -> list[str] | None:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -777,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not in_private_netns():
         return run_isolated(argv)
+    from bench.stack import stop_on_sigterm
+
     stop_on_sigterm()
     args.tiergate = args.tiergate or [Variant("tiergate", {})]
     if "tiergate" not in args.targets:

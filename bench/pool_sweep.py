@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench import overhead
+from bench.stack import stop_on_sigterm
 from gateway.config import LocalLaunch
 from torchserve_backend.launcher import PoolProcess, PoolSpec
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not overhead.in_private_netns():
         return overhead.run_isolated(argv, module="bench.pool_sweep")
-    overhead.stop_on_sigterm()
+    stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="tiergate-pool-sweep-"))
     image = work / "cat.jpg"
     image_bytes = cat_jpeg()

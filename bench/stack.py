@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,12 @@ import yaml
 
 from gateway.cli import default_config
 from model.photos import load_photo, package_dir
+
+
+def stop_on_sigterm() -> None:
+    """Let SIGTERM (timeout, kill) unwind like Ctrl-C, so that a bench's `finally` stops what it
+    started: by default SIGTERM ends Python at once, leaving its pools and stacks running."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def base_config(**overrides) -> dict:
@@ -31,6 +38,7 @@ def tiergate(*args: str) -> subprocess.CompletedProcess:
 @contextlib.contextmanager
 def running_stack(config: dict) -> Iterator[dict]:
     """Yields `tiergate status --json` plus `ready_s` (wall time of `up --detach`), `apply` and `state_dir`."""
+    stop_on_sigterm()
     state_dir = Path(tempfile.mkdtemp(prefix="tiergate-bench-"))
     config_file = state_dir / "tiergate.yaml"
     config_file.write_text(yaml.safe_dump(config))

@@ -8,9 +8,9 @@ TorchScript are deprecated; torch 2.14 ships PT2E only through torchao):
 
 A converted PT2E program computes in fp32 between quantize/dequantize nodes; it runs int8
 kernels (oneDNN qconv/qlinear, weights prepacked) only once inductor lowers it with freezing.
-AOTInductor does that in the build, into a package of native code plus weights that a pool
-worker loads in a fraction of a second with no compiler; torch.compile in the worker would
-pay 7-47 s at every start (bench/int8_paths.py). The package's code is for the build host's
+AOTInductor does that in the build, into a package of native code plus weights that loads in
+about 10 ms with no compiler; torch.compile in a pool worker would compile at every start
+(2-47 s measured here: bench/int8_paths.py, BENCHMARKS.md). The package's code is for the build host's
 vector ISA, which it records: the handler runs it only on a host with that ISA or a wider one
 (``tiergate_backends.int8_runs_here``), else the fp32 program the same MAR carries.
 """
