@@ -39,7 +39,7 @@ from model.artifacts import (
 )
 from model.gates import gate_failures, output_figures
 from model.gpu import compile_tensorrt_fp16, detect_gpu_build_backend
-from model.quantize import dynamic_shapes_of, write_int8_package
+from model.quantize import cpu_isa, dynamic_shapes_of, write_int8_package
 from model.sources import (
     BuildInputError,
     ModelData,
@@ -234,8 +234,10 @@ def artifact_files(name: str) -> dict[str, str]:
 
 def load_artifact(work: Path, files: dict[str, str], artifact: str, max_batch_size: int) -> backends.LoadedModel:
     """One serialized model, loaded the way the handler loads it."""
-    variant = "int8" if artifact == backends.ARTIFACT_INT8 else "fp32"
-    return backends.load_model(work, {"variant": variant, "artifacts": {artifact: files[artifact]}, "max_batch_size": max_batch_size})
+    spec = {"variant": "fp32", "artifacts": {artifact: files[artifact]}, "max_batch_size": max_batch_size}
+    if artifact == backends.ARTIFACT_INT8:
+        spec.update(variant="int8", **{backends.ISA_FIELD: cpu_isa()})  # built here, for this CPU
+    return backends.load_model(work, spec)
 
 
 def run_on(name: str, step: str, what: str, model: backends.LoadedModel, rows: torch.Tensor) -> torch.Tensor:

@@ -36,12 +36,12 @@ LABELS_FILE = "index_to_name.json"
 
 # variant.json "artifacts" keys: which serialized model a MAR holds.
 ARTIFACT_INT8 = "int8-aoti-package"
+ARTIFACT_FP32 = "fp32-exported-program"
+ARTIFACT_TENSORRT = "tensorrt-fp16-exported-program"
 # variant.json "isa": the vector ISA the int8 package's native code was compiled for.
 ISA_FIELD = "isa"
 # ATen's CPU capabilities, each running the code of those before it; others must match exactly.
 ISA_ORDER = ("DEFAULT", "AVX2", "AVX512")
-ARTIFACT_FP32 = "fp32-exported-program"
-ARTIFACT_TENSORRT = "tensorrt-fp16-exported-program"
 
 
 class InvalidInput(ValueError):
@@ -81,7 +81,7 @@ def tensorrt_importable() -> bool:
 def select_backend(variant: dict, cuda_available: bool, trt_importable: bool) -> str:
     """Pick the backend for a MAR's variant.json on a host with the given capabilities."""
     artifacts = variant["artifacts"]
-    if ARTIFACT_INT8 in artifacts and (ARTIFACT_FP32 not in artifacts or int8_runs_here(variant.get(ISA_FIELD))):
+    if ARTIFACT_INT8 in artifacts and int8_runs_here(variant.get(ISA_FIELD)):
         return BACKEND_CPU_INT8
     if variant["variant"] == "gpu":
         has_engine = ARTIFACT_TENSORRT in artifacts and trt_importable

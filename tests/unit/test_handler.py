@@ -325,8 +325,7 @@ def test_choose_gpu_backend(cuda, trt, expected):
 @pytest.mark.parametrize(
     "variant, artifacts, cuda, trt_importable, expected",
     [
-        ("int8", [backends.ARTIFACT_INT8], True, True, "cpu-int8"),
-        ("int8", [backends.ARTIFACT_INT8, backends.ARTIFACT_FP32], True, True, "cpu-fp32"),  # built for no known ISA
+        ("int8", [backends.ARTIFACT_INT8, backends.ARTIFACT_FP32], True, True, "cpu-int8"),  # built on this CPU
         ("fp32", [backends.ARTIFACT_FP32], True, True, "cpu-fp32"),
         ("gpu", [backends.ARTIFACT_TENSORRT, backends.ARTIFACT_FP32], True, True, "tensorrt-fp16"),
         ("gpu", [backends.ARTIFACT_TENSORRT, backends.ARTIFACT_FP32], True, False, "inductor-cuda"),
@@ -335,7 +334,7 @@ def test_choose_gpu_backend(cuda, trt, expected):
     ],
 )
 def test_select_backend(variant, artifacts, cuda, trt_importable, expected):
-    spec = {"variant": variant, "artifacts": {name: "file" for name in artifacts}}
+    spec = {"variant": variant, "artifacts": {name: "file" for name in artifacts}, backends.ISA_FIELD: cpu_isa()}
     assert backends.select_backend(spec, cuda, trt_importable) == expected
 
 
