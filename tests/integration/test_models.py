@@ -8,7 +8,10 @@ on the non-image models, and bad input refused per profile before any pool is ca
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -150,8 +153,18 @@ def test_identical_documents_coalesce_whatever_their_spacing(stack):
 
     before = stack.pool_metric("cpu", "ts_inference_requests_total")
     coalesced_before = stack.metric("tiergate_coalesced_total", model="sentiment")
-    with ThreadPoolExecutor(len(bodies)) as pool:
-        answers = list(pool.map(send, bodies))
+    # The int8 model answers within milliseconds, and a copy this 2-core machine sends late
+    # would start a flight of its own: the pool is held until every copy has had time to join.
+    cpu = next(pool for pool in stack.status()["pools"] if pool["name"] == "cpu")
+    os.killpg(cpu["pid"], signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            sent = [pool.submit(send, body) for body in bodies]
+            time.sleep(1)
+            os.killpg(cpu["pid"], signal.SIGCONT)
+            answers = [answer.result() for answer in sent]
+    finally:
+        os.killpg(cpu["pid"], signal.SIGCONT)
     assert [answer.status_code for answer in answers] == [200] * len(bodies)
     assert len({answer.content for answer in answers}) == 1
     assert stack.pool_metric("cpu", "ts_inference_requests_total") - before == 1
